@@ -1,0 +1,3 @@
+"""The list of subcommands `ncsn` exposes; each lives in its own module."""
+
+ALL: list = []

@@ -1,0 +1,49 @@
+import math
+
+import pytest
+import torch
+
+from ncsn import geometric_sigmas, sigma_to_level
+from ncsn.sigmas import max_pairwise_distance, ncsnv2_num_scales, ncsnv2_ratio, ncsnv2_step_criterion, ncsnv2_step_lr
+
+PAPER = [1.0, 0.5995, 0.3594, 0.2154, 0.1292, 0.0774, 0.0464, 0.0278, 0.0167, 0.01]
+
+
+def test_paper_ladder_values():
+    sigmas = geometric_sigmas(1.0, 0.01, 10)
+    assert sigmas.dtype == torch.float32 and sigmas.shape == (10,)
+    assert torch.allclose(sigmas, torch.tensor(PAPER), atol=6e-5)
+    assert torch.all(sigmas[1:] < sigmas[:-1])
+    ratios = sigmas[:-1] / sigmas[1:]
+    assert torch.allclose(ratios, torch.full_like(ratios, 10 ** (2 / 9)), rtol=1e-5)
+
+
+def test_ladder_device_dtype_and_bad_input():
+    assert geometric_sigmas(50.0, 0.01, 232, dtype=torch.float64).dtype == torch.float64
+    with pytest.raises(ValueError, match="positive"):
+        geometric_sigmas(-1.0, 0.01, 10)
+    with pytest.raises(ValueError, match="exceed"):
+        geometric_sigmas(0.01, 1.0, 10)
+
+
+def test_sigma_to_level_nearest_in_log_space():
+    sigmas = geometric_sigmas(1.0, 0.01, 10)
+    assert sigma_to_level(sigmas, 1.0).item() == 0
+    assert sigma_to_level(sigmas, 0.01).item() == 9
+    assert sigma_to_level(sigmas, torch.tensor([0.6, 0.02, 5.0])).tolist() == [1, 8, 0]
+
+
+def test_ncsnv2_rules_reproduce_published_values():
+    gamma_v1 = 1 / 0.5995
+    assert ncsnv2_step_criterion(2e-5, 100, 0.01, 10 ** (2 / 9)) == pytest.approx(1.111, abs=2e-3)
+    # CIFAR-10 in NCSNv2: sigma 50 -> 0.01 with 232 levels, T = 5, eps ~ 6.2e-6.
+    ratio = (50 / 0.01) ** (1 / 231)
+    assert ncsnv2_step_lr(5, 0.01, ratio) == pytest.approx(6.2e-6, rel=0.03)
+    assert 215 <= ncsnv2_num_scales(50.0, 0.01, 3072) <= 235  # the paper rounded up to 232
+    assert 1.0 < ncsnv2_ratio(3072) < gamma_v1
+
+
+def test_max_pairwise_distance():
+    pts = torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 1.0]])
+    assert max_pairwise_distance(pts) == pytest.approx(5.0)
+    assert max_pairwise_distance(torch.eye(4)) == pytest.approx(math.sqrt(2))
