@@ -1,0 +1,5 @@
+"""`python -m ncsn.cli` (what torchrun launches)."""
+
+from . import main
+
+main()

@@ -1,0 +1,163 @@
+"""Run configuration: typed sections validated by OmegaConf, named YAML presets and dotted overrides.
+
+The model section is exactly the score model's constructor schema (``ModelConfig``); the resolved config is saved
+in the run folder and inside every checkpoint, so a checkpoint alone rebuilds its model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from .data import DATASETS, DataConfig
+from .sampling import CONVENTIONS
+from .score_model import ARCHITECTURES, ModelConfig
+
+
+class ConfigError(ValueError):
+    """A config problem, reported in one line that names the key."""
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation, logging and checkpoint cadence (reference: Adam 1e-3, batch 128, 200k iterations)."""
+
+    n_iters: int = 200_000
+    batch_size: int = 128
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    anneal_power: float = 2.0
+    grad_clip: float | None = None
+    ema: bool = False
+    ema_rate: float = 0.999
+    seed: int = 1234
+    log_every: int = 100
+    eval_every: int = 100
+    eval_batch_size: int = 128
+    checkpoint_every: int = 5000
+    snapshot_every: int = 5000
+    keep_last: int = 3
+    sample_every: int = 5000
+    sample_n: int = 64
+    tensorboard: bool = False
+
+
+@dataclass
+class SamplingConfig:
+    """Annealed Langevin settings used by `ncsn sample`, training-time grids and the demo."""
+
+    n_steps_each: int = 100
+    step_lr: float = 2e-5
+    denoise: bool = False
+    convention: str = "code"
+    batch_size: int = 100
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+
+def named_configs() -> list[str]:
+    """Names of the presets shipped with the package."""
+    return sorted(p.name.removesuffix(".yaml") for p in resources.files("ncsn.configs").iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(name_or_path: str) -> dict:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        text = path.read_text()
+    elif name_or_path in named_configs():
+        text = resources.files("ncsn.configs").joinpath(f"{name_or_path}.yaml").read_text()
+    else:
+        raise ConfigError(f"unknown config {name_or_path!r}: use one of {named_configs()} or a YAML file")
+    try:
+        loaded = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config {name_or_path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config {name_or_path}: expected a mapping of sections, got {type(loaded).__name__}")
+    return loaded
+
+
+def _merge(base, *layers):
+    try:
+        return OmegaConf.merge(base, *layers)
+    except ConfigKeyError as err:
+        raise ConfigError(f"unknown config key '{err.full_key}'") from None
+    except OmegaConfBaseException as err:
+        message = str(err).splitlines()[0]
+        raise ConfigError(f"config key '{err.full_key}': {message}") from None
+
+
+def from_dict(values: dict) -> RunConfig:
+    """Validate a plain nested dict (e.g. one read back from a checkpoint) into a RunConfig."""
+    config = OmegaConf.to_object(_merge(OmegaConf.structured(RunConfig), values))
+    validate(config)
+    return config
+
+
+def load_config(name_or_path: str = "digits", overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Preset or YAML file, then ``key=value`` overrides (``training.lr=2e-4``), validated."""
+    layers = [_read_yaml(name_or_path)]
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        layers.append(OmegaConf.from_dotlist([item]))
+    config = OmegaConf.to_object(_merge(OmegaConf.structured(RunConfig), *layers))
+    validate(config)
+    return config
+
+
+def to_dict(config: RunConfig) -> dict:
+    return dataclasses.asdict(config)
+
+
+def to_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': {message}")
+
+
+def validate(config: RunConfig) -> None:
+    """Values that types alone cannot rule out: impossible sigmas, sizes, rates and cadences."""
+    d, m, t, s = config.data, config.model, config.training, config.sampling
+    _check(d.dataset in DATASETS, "data.dataset", f"unknown dataset {d.dataset!r}; choose from {sorted(DATASETS)}")
+    channels = DATASETS[d.dataset].channels
+    _check(d.image_size >= 4 and d.image_size % 2 == 0, "data.image_size", f"must be even and >= 4, got {d.image_size}")
+    _check(m.arch in ARCHITECTURES, "model.arch", f"unknown architecture {m.arch!r}; choose from {sorted(ARCHITECTURES)}")
+    _check(m.in_channels == channels, "model.in_channels", f"{d.dataset} has {channels} channel(s), got {m.in_channels}")
+    _check(m.ngf >= 1, "model.ngf", f"must be >= 1, got {m.ngf}")
+    _check(m.sigma_min > 0, "model.sigma_min", f"must be positive, got {m.sigma_min}")
+    _check(m.sigma_max > m.sigma_min, "model.sigma_max", f"must exceed model.sigma_min ({m.sigma_min}), got {m.sigma_max}")
+    _check(m.num_scales >= 2, "model.num_scales", f"must be >= 2, got {m.num_scales}")
+    for key in ("n_iters", "batch_size", "log_every", "eval_every", "eval_batch_size", "checkpoint_every",
+                "snapshot_every", "keep_last", "sample_every", "sample_n"):
+        _check(getattr(t, key) >= 1, f"training.{key}", f"must be >= 1, got {getattr(t, key)}")
+    _check(t.lr > 0, "training.lr", f"must be positive, got {t.lr}")
+    _check(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, "training.beta1", f"betas must lie in [0, 1), got {t.beta1}, {t.beta2}")
+    _check(t.eps > 0, "training.eps", f"must be positive, got {t.eps}")
+    _check(t.weight_decay >= 0, "training.weight_decay", f"must be >= 0, got {t.weight_decay}")
+    _check(t.grad_clip is None or t.grad_clip > 0, "training.grad_clip", f"must be positive or null, got {t.grad_clip}")
+    _check(0 < t.ema_rate < 1, "training.ema_rate", f"must lie in (0, 1), got {t.ema_rate}")
+    _check(s.n_steps_each >= 1, "sampling.n_steps_each", f"must be >= 1, got {s.n_steps_each}")
+    _check(s.step_lr > 0, "sampling.step_lr", f"must be positive, got {s.step_lr}")
+    _check(s.convention in CONVENTIONS, "sampling.convention", f"must be one of {CONVENTIONS}, got {s.convention!r}")
+    _check(s.batch_size >= 1, "sampling.batch_size", f"must be >= 1, got {s.batch_size}")

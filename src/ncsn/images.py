@@ -1,0 +1,48 @@
+"""Image files: sample grids, annealing progressions (PNG strip and animated GIF)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+
+def grid_image(images: torch.Tensor, nrow: int | None = None, padding: int = 2, scale: int = 1) -> Image.Image:
+    """A PIL grid of [0, 1] images (N, C, H, W), clamped; ``scale`` enlarges small images (nearest neighbour)."""
+    from torchvision.utils import make_grid  # imported here: torchvision takes seconds to import
+
+    nrow = nrow or max(1, math.ceil(math.sqrt(images.shape[0])))
+    grid = make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=padding, pad_value=1.0)
+    array = (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    img = Image.fromarray(array[..., 0] if images.shape[1] == 1 else array)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    return img
+
+
+def auto_scale(size: int) -> int:
+    """Enlargement that makes tiny images (8x8 digits) visible: about 32 pixels a side."""
+    return max(1, 32 // size)
+
+
+def save_grid(path: str | Path, images: torch.Tensor, nrow: int | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid_image(images, nrow, scale=auto_scale(images.shape[-1])).save(path)
+    return path
+
+
+def save_progression(png_path: str | Path, gif_path: str | Path | None, frames: list[torch.Tensor], nrow=None) -> None:
+    """One grid per annealing level: side by side in a PNG strip, and as the frames of a GIF."""
+    scale = auto_scale(frames[0].shape[-1])
+    grids = [grid_image(f, nrow, scale=scale).convert("RGB") for f in frames]
+    strip = Image.new("RGB", (sum(g.width for g in grids), grids[0].height), "white")
+    x = 0
+    for g in grids:
+        strip.paste(g, (x, 0))
+        x += g.width
+    strip.save(png_path)
+    if gif_path is not None:
+        grids[0].save(gif_path, save_all=True, append_images=grids[1:], duration=300, loop=0)

@@ -1,0 +1,258 @@
+"""The training loop: denoising score matching with Adam, held-out loss per level, atomic checkpoints, resuming.
+
+All randomness of step k (batch order, dequantisation, flips, noise levels, noise) is drawn from generators seeded
+by (seed, k) for the whole global batch, and each process takes its slice. So a resumed run repeats exactly what
+an uninterrupted one does, and N processes reproduce one process with the same global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from . import distributed
+from .config import RunConfig, from_dict, to_yaml
+from .data import load_split, prepare_batch
+from .generate import generate
+from .images import save_grid
+from .losses import dsm_loss
+from .score_model import build_score_model
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run stopped without writing a checkpoint of the broken weights."""
+
+
+class RunFolderError(RuntimeError):
+    """The run folder does not fit the request (checkpoints present without --resume, none with it)."""
+
+
+@dataclass
+class TrainResult:
+    step: int
+    last_loss: float
+    checkpoint: Path | None
+
+
+def _seeded(seed: int, stream: int, index: int, device) -> torch.Generator:
+    """A generator for (seed, stream, index): independent streams for batch order and per-step noise."""
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + stream * 7_919 + index * 104_729) % 2**63)
+
+
+class EpochBatches:
+    """Global batch indices of step k: epochs are seeded permutations of the training set (last partial batch dropped)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        if batch_size > n:
+            raise ValueError(f"training.batch_size ({batch_size}) exceeds the training set ({n} images)")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.per_epoch = n // batch_size
+        self._epoch, self._perm = -1, None
+
+    def indices(self, step: int) -> torch.Tensor:
+        epoch, offset = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=_seeded(self.seed, 1, epoch, "cpu"))
+        return self._perm[offset * self.batch_size : (offset + 1) * self.batch_size]
+
+
+class MetricsLog:
+    """metrics.jsonl on the main process (optionally mirrored to TensorBoard); truncated to the resumed step."""
+
+    def __init__(self, workdir: Path, enabled: bool, resume_step: int, tensorboard: bool):
+        self.path, self.enabled, self.writer = workdir / "metrics.jsonl", enabled, None
+        if not enabled:
+            return
+        if resume_step and self.path.exists():
+            rows = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
+            self.path.write_text("".join(r + "\n" for r in rows))
+        elif not resume_step:
+            self.path.write_text("")
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(workdir / "tensorboard"))
+            except ImportError:
+                self.writer = None
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if self.writer is not None:
+            for key, value in row.items():
+                if isinstance(value, float):
+                    self.writer.add_scalar(key, value, row["step"])
+                elif isinstance(value, list):
+                    for i, v in enumerate(value):
+                        self.writer.add_scalar(f"{key}/{i}", v, row["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+@torch.no_grad()
+def heldout_loss(score_fn, images: torch.Tensor, sigmas: torch.Tensor, anneal_power: float, seed: int) -> list[float]:
+    """DSM loss of test images per noise level with fixed noise (image i at level i mod L), comparable across steps."""
+    n_levels = len(sigmas)
+    gen = _seeded(seed, 2, 0, images.device)
+    x = prepare_batch(images, gen, random_flip=False, dequantize=True)
+    labels = torch.arange(len(x), device=x.device) % n_levels
+    noise = torch.randn(x.shape, generator=gen, device=x.device)
+    losses = dsm_loss(score_fn, x, sigmas, labels=labels, anneal_power=anneal_power, noise=noise)
+    sums = torch.zeros(n_levels, device=x.device).index_add_(0, labels, losses)
+    counts = torch.bincount(labels, minlength=n_levels).clamp(min=1)
+    return (sums / counts).tolist()
+
+
+def _resolve_config(config: RunConfig, workdir: Path, resume: bool) -> tuple[RunConfig, dict | None]:
+    """On resume the run's own config wins for data and model; training/sampling may be changed (e.g. n_iters)."""
+    existing = ckpt.list_checkpoints(workdir)
+    if not resume:
+        if existing:
+            raise RunFolderError(
+                f"{workdir} already has checkpoints (latest step {existing[-1][0]}); pass --resume to continue it "
+                "or choose another --workdir"
+            )
+        return config, None
+    if not existing:
+        raise RunFolderError(f"--resume: no checkpoint in {workdir / 'checkpoints'} to resume from")
+    state = ckpt.load_training_state(existing[-1][1])
+    saved = from_dict(state["config"])
+    for section in ("data", "model"):
+        if getattr(saved, section) != getattr(config, section):
+            raise RunFolderError(f"--resume: the {section} section differs from the run's saved config; keep it as saved")
+    return config, state
+
+
+def train(
+    config: RunConfig,
+    workdir: str | Path,
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``config`` in ``workdir`` (config.yaml, metrics.jsonl, checkpoints/, samples/); returns the last step.
+
+    Launch under ``torchrun --nproc_per_node=N`` for data-parallel training; every rank runs this same function.
+    """
+    workdir = Path(workdir)
+    info = distributed.setup(device)
+    t = config.training
+    config, state = _resolve_config(config, workdir, resume)
+    if info.is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.yaml").write_text(to_yaml(config))
+
+    torch.manual_seed(t.seed)
+    model = build_score_model(config.model).to(info.device)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps, weight_decay=t.weight_decay
+    )
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_rate), use_buffers=True) if t.ema else None
+    start = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:  # a changed learning rate in the config takes effect on resume
+            group["lr"] = t.lr
+        if ema is not None and state["ema"] is not None:
+            ema.module.load_state_dict(state["ema"])
+            ema.n_averaged.fill_(state["ema_updates"])
+        ckpt.restore_rng(state)
+        start = state["step"]
+        del state
+
+    train_images = load_split(config.data, "train").images.to(info.device)
+    test_images = load_split(config.data, "test").images[: t.eval_batch_size].to(info.device)
+    batches = EpochBatches(len(train_images), t.batch_size, t.seed)
+    local = distributed.shard(t.batch_size, info.rank, info.world_size)
+    net = DistributedDataParallel(model) if info.world_size > 1 else model
+    sigmas = model.sigmas
+    log = MetricsLog(workdir, info.is_main, start, t.tensorboard)
+    bar = tqdm(total=t.n_iters, initial=start, disable=not (progress and info.is_main), desc="training", unit="it")
+
+    loss_sum = torch.zeros((), device=info.device)
+    nonfinite = torch.zeros((), dtype=torch.bool, device=info.device)
+    loss_steps, last_loss, saved = 0, float("nan"), None
+    speed = {"start": time.perf_counter(), "steps": 0}
+
+    def check_finite(step: int) -> None:
+        if distributed.any_true(nonfinite):
+            latest = ckpt.latest_checkpoint(workdir)
+            kept = f"last good checkpoint kept: {latest}" if latest else "no checkpoint was written"
+            raise NonFiniteLossError(f"loss became NaN/inf by step {step}; training stopped ({kept})")
+
+    try:
+        for step in range(start, t.n_iters):
+            gen = _seeded(t.seed, 3, step, info.device)
+            x = prepare_batch(train_images[batches.indices(step).to(info.device)], gen,
+                              config.data.random_flip, config.data.dequantize)
+            labels = torch.randint(0, len(sigmas), (t.batch_size,), generator=gen, device=info.device)
+            noise = torch.randn(x.shape, generator=gen, device=info.device)
+            losses = dsm_loss(net, x[local], sigmas, labels[local], t.anneal_power, noise=noise[local])
+            loss = losses.mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if t.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            optimizer.step()
+            if ema is not None:
+                ema.update_parameters(model)
+            loss_sum += loss.detach()
+            nonfinite |= ~torch.isfinite(loss.detach())
+            loss_steps += 1
+            speed["steps"] += 1
+            done = step + 1
+            bar.update(1)
+
+            if done % t.log_every == 0 or done == t.n_iters:
+                check_finite(done)
+                last_loss = (loss_sum / loss_steps).item()
+                images_per_s = speed["steps"] * t.batch_size / max(time.perf_counter() - speed["start"], 1e-9)
+                log.write({"step": done, "loss": last_loss, "lr": optimizer.param_groups[0]["lr"],
+                           "images_per_s": images_per_s, "processes": info.world_size})
+                bar.set_postfix(loss=f"{last_loss:.3f}", img_s=f"{images_per_s:.0f}")
+                loss_sum.zero_()
+                loss_steps = 0
+                speed.update(start=time.perf_counter(), steps=0)
+
+            sampler_model = ema.module if ema is not None else model
+            side_work = time.perf_counter()  # held-out loss, checkpoints and grids do not count towards images/s
+            if info.is_main and (done % t.eval_every == 0 or done == t.n_iters):
+                sampler_model.eval()
+                per_level = heldout_loss(sampler_model, test_images, sigmas, t.anneal_power, t.seed)
+                sampler_model.train()
+                log.write({"step": done, "test_loss": sum(per_level) / len(per_level), "test_loss_per_level": per_level})
+
+            if done % t.checkpoint_every == 0 or done % t.snapshot_every == 0 or done == t.n_iters:
+                check_finite(done)
+                if info.is_main:
+                    saved = ckpt.atomic_save(
+                        ckpt.training_state(done, config, model, optimizer, ema), ckpt.checkpoint_path(workdir, done)
+                    )
+                    ckpt.prune_checkpoints(workdir, t.keep_last, t.snapshot_every)
+
+            if info.is_main and (done % t.sample_every == 0 or done == t.n_iters):
+                sampler_model.eval()
+                _, images, _ = generate(sampler_model, sigmas, t.sample_n, tuple(x.shape[1:]), config.sampling,
+                                        seed=t.seed, device=info.device, batch_size=t.sample_n)
+                sampler_model.train()
+                save_grid(workdir / "samples" / f"step_{done:08d}.png", images)
+            speed["start"] += time.perf_counter() - side_work
+    finally:
+        bar.close()
+        log.close()
+    distributed.barrier()
+    return TrainResult(step=t.n_iters, last_loss=last_loss, checkpoint=saved)

@@ -1,0 +1,61 @@
+import pytest
+
+from ncsn.config import ConfigError, load_config, named_configs, to_yaml
+
+
+def test_named_configs_carry_the_paper_settings():
+    assert {"digits", "fashion_mnist", "mnist", "cifar10", "celeba"} <= set(named_configs())
+    for name, ngf, channels, size, flip in [
+        ("mnist", 64, 1, 28, False), ("fashion_mnist", 64, 1, 28, False),
+        ("cifar10", 128, 3, 32, True), ("celeba", 128, 3, 32, True),
+    ]:
+        c = load_config(name)
+        assert (c.model.ngf, c.model.in_channels, c.data.image_size, c.data.random_flip) == (ngf, channels, size, flip)
+        assert (c.model.sigma_max, c.model.sigma_min, c.model.num_scales) == (1.0, 0.01, 10)
+        t = c.training
+        assert (t.lr, t.beta1, t.beta2, t.eps, t.weight_decay) == (1e-3, 0.9, 0.999, 1e-8, 0.0)
+        assert (t.batch_size, t.n_iters, t.snapshot_every, t.ema) == (128, 200_000, 5000, False)
+        assert c.data.dequantize and c.sampling.n_steps_each == 100 and c.sampling.step_lr == 2e-5
+
+
+def test_overrides_are_typed():
+    c = load_config("cifar10", ["training.lr=2e-4", "training.ema=true", "model.ngf=32", "training.grad_clip=1"])
+    assert c.training.lr == 2e-4 and c.training.ema is True and c.model.ngf == 32 and c.training.grad_clip == 1.0
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("training.lrr=1", "unknown config key 'training.lrr'"),
+        ("optimizer.lr=1", "unknown config key 'optimizer'"),
+        ("training.lr=fast", "config key 'training.lr'"),
+        ("training.lr=-1", "config key 'training.lr': must be positive"),
+        ("model.sigma_min=-0.1", "config key 'model.sigma_min': must be positive"),
+        ("model.sigma_max=0.001", "config key 'model.sigma_max': must exceed"),
+        ("data.image_size=27", "config key 'data.image_size'"),
+        ("model.in_channels=3", "config key 'model.in_channels'"),
+        ("data.dataset=imagenet", "config key 'data.dataset'"),
+        ("sampling.convention=book", "config key 'sampling.convention'"),
+        ("training.batch_size=0", "config key 'training.batch_size'"),
+        ("nokey", "must look like section.key=value"),
+    ],
+)
+def test_bad_values_fail_with_one_line_naming_the_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config("mnist", [override])
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_yaml_files_and_round_trip(tmp_path):
+    c = load_config("digits", ["training.n_iters=7"])
+    path = tmp_path / "run.yaml"
+    path.write_text(to_yaml(c))
+    assert load_config(str(path)) == c
+    (tmp_path / "bad.yaml").write_text("training:\n  learning_rate: 1\n")
+    with pytest.raises(ConfigError, match="unknown config key 'training.learning_rate'"):
+        load_config(str(tmp_path / "bad.yaml"))
+    with pytest.raises(ConfigError, match="unknown config 'cifar100'"):
+        load_config("cifar100")
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(str(tmp_path / "missing.yaml"))

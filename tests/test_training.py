@@ -1,0 +1,123 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from ncsn import training
+from ncsn.checkpoint import list_checkpoints, load_training_state
+from ncsn.config import load_config
+from ncsn.training import NonFiniteLossError, RunFolderError, train
+
+TINY = [
+    "model.ngf=4", "training.batch_size=16", "training.log_every=5", "training.eval_every=5",
+    "training.eval_batch_size=20", "training.checkpoint_every=5", "training.snapshot_every=10",
+    "training.keep_last=2", "training.sample_every=1000", "training.sample_n=4", "sampling.n_steps_each=1",
+    "training.ema=true",
+]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+
+
+def cli(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "ncsn.cli", *args], env=ENV, capture_output=True, text=True, check=False, **kwargs)
+
+
+def final_state(workdir):
+    return load_training_state(list_checkpoints(workdir)[-1][1])
+
+
+def test_tiny_run_writes_its_files(tmp_path):
+    config = load_config("digits", TINY + ["training.n_iters=10"])
+    result = train(config, tmp_path, device="cpu", progress=False)
+    assert result.step == 10 and result.checkpoint.name == "checkpoint_00000010.pt"
+    assert (tmp_path / "config.yaml").is_file() and load_config(str(tmp_path / "config.yaml")) == config
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "loss" in r]
+    eval_rows = [r for r in rows if "test_loss" in r]
+    assert [r["step"] for r in train_rows] == [5, 10] and [r["step"] for r in eval_rows] == [5, 10]
+    assert all(r["images_per_s"] > 0 and r["lr"] == 1e-3 for r in train_rows)
+    assert len(eval_rows[0]["test_loss_per_level"]) == 10
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [5, 10]
+    assert (tmp_path / "samples" / "step_00000010.png").is_file()
+    state = final_state(tmp_path)
+    assert state["step"] == 10 and state["ema"] is not None and state["config"]["model"]["ngf"] == 4
+    with pytest.raises(RunFolderError, match="already has checkpoints"):
+        train(config, tmp_path, device="cpu", progress=False)
+    with pytest.raises(RunFolderError, match="no checkpoint"):
+        train(config, tmp_path / "fresh", resume=True, device="cpu", progress=False)
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+    args = ["train", "--config", "digits", "--device", "cpu", "--no-progress"]
+    sets = [f"--set={s}" for s in TINY + ["training.n_iters=60"]]
+    straight = cli(*args, "--workdir", str(tmp_path / "straight"), *sets)
+    assert straight.returncode == 0, straight.stderr
+
+    victim = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "ncsn.cli", *args, "--workdir", str(victim), *sets], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list_checkpoints(victim) and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = list_checkpoints(victim)[-1][0]
+    assert 5 <= killed_at < 60, "the run must die part-way"
+    resumed = cli(*args, "--workdir", str(victim), "--resume", *sets)
+    assert resumed.returncode == 0, resumed.stderr
+
+    a, b = final_state(tmp_path / "straight"), final_state(victim)
+    assert a["step"] == b["step"] == 60
+    for key in ("model", "ema"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+    steps = [json.loads(r)["step"] for r in (victim / "metrics.jsonl").read_text().splitlines() if '"loss"' in r]
+    assert steps == list(range(5, 61, 5))  # rows after the checkpoint were dropped, then rewritten
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = training.dsm_loss
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        out = real(*args, **kwargs)
+        return out * float("nan") if calls["n"] >= 7 else out
+
+    monkeypatch.setattr(training, "dsm_loss", poisoned)
+    config = load_config("digits", TINY + ["training.n_iters=20"])
+    with pytest.raises(NonFiniteLossError, match=r"NaN/inf by step 10.*checkpoint_00000005.pt"):
+        train(config, tmp_path, device="cpu", progress=False)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [5]
+    state = final_state(tmp_path)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
+    sets = [f"--set={s}" for s in TINY + ["training.n_iters=5", "training.ema=false"]]
+    one = cli("train", "--config", "digits", "--device", "cpu", "--no-progress", "--workdir", str(tmp_path / "one"),
+              *sets)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ncsn.cli",
+         "train", "--config", "digits", "--device", "cpu", "--no-progress", "--workdir", str(tmp_path / "two"), *sets],
+        env=ENV, capture_output=True, text=True, check=False,
+    )
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = final_state(tmp_path / "one")["model"], final_state(tmp_path / "two")["model"]
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst < 1e-4, worst
+    first = json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["processes"] == 2
+
+
+def test_shards_split_the_global_batch():
+    from ncsn.distributed import shard
+
+    assert [shard(16, r, 2) for r in (0, 1)] == [slice(0, 8), slice(8, 16)]
+    with pytest.raises(ValueError, match="does not split evenly"):
+        shard(15, 0, 2)
