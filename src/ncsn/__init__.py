@@ -1,6 +1,6 @@
 """ncsn: noise-conditional score networks (Song & Ermon, 2019) and their published follow-ups, in PyTorch."""
 
-from .losses import dsm_loss
+from .losses import dsm_loss, ssm_loss
 from .nets import CondInstanceNormPlusPlus, CondRefineNetDilated
 from .sampling import annealed_langevin, per_example_generators, uniform_init
 from .score_model import ModelConfig, ScoreModel, build_score_model
@@ -19,5 +19,6 @@ __all__ = [
     "geometric_sigmas",
     "per_example_generators",
     "sigma_to_level",
+    "ssm_loss",
     "uniform_init",
 ]
