@@ -27,6 +27,13 @@ def auto_scale(size: int) -> int:
     return max(1, 32 // size)
 
 
+def masked_view(images: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """Images (N, C, H, W) with the pixels where ``known`` is False shown as a grey checker (what an inpainter sees)."""
+    h, w = images.shape[-2:]
+    checker = ((torch.arange(h).view(-1, 1) + torch.arange(w)) % 2) * 0.3 + 0.35
+    return torch.where(known.to(images.device), images, checker.to(images))
+
+
 def save_grid(path: str | Path, images: torch.Tensor, nrow: int | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
