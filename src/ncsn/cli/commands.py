@@ -1,5 +1,8 @@
 """The list of subcommands `ncsn` exposes; each lives in its own module."""
 
+from .evaluate import eval_command
+from .inpaint import inpaint_command
 from .run import demo_command, export_command, sample_command, train_command
+from .toy import toy
 
-ALL: list = [train_command, sample_command, export_command, demo_command]
+ALL: list = [train_command, sample_command, export_command, demo_command, toy, eval_command, inpaint_command]

@@ -1,4 +1,4 @@
-"""Sample-quality metrics."""
+"""The digits demo's quick check: a logistic regression on real digits scores the samples."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def digits_quality(samples: np.ndarray, seed: int = 0) -> dict:
     """
     from sklearn.linear_model import LogisticRegression
 
-    from .data import DataConfig, load_split, resize_uint8
+    from ..data import DataConfig, load_split, resize_uint8
 
     cfg = DataConfig(dataset="digits", image_size=8)
     train, test = load_split(cfg, "train"), load_split(cfg, "test")

@@ -1,0 +1,56 @@
+"""Nearest training images of samples in pixel space: the paper's memorisation check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..images import save_grid
+
+
+@torch.no_grad()
+def nearest_neighbours(queries: torch.Tensor, train: torch.Tensor, k: int = 5, chunk: int = 4096):
+    """(distances (N, k), indices (N, k)) of the k nearest training images by exact L2 on [0, 1] pixels."""
+    if k > len(train):
+        raise ValueError(f"nn: k={k} exceeds the {len(train)} training images")
+    q = queries.flatten(1).double() / 255.0
+    best_d = torch.full((len(q), 0), 0.0, dtype=torch.float64)
+    best_i = torch.zeros((len(q), 0), dtype=torch.long)
+    for start in range(0, len(train), chunk):
+        t = train[start : start + chunk].flatten(1).double() / 255.0
+        d = torch.cdist(q, t, compute_mode="donot_use_mm_for_euclid_dist")
+        best_d = torch.cat([best_d, d], dim=1)
+        best_i = torch.cat([best_i, torch.arange(start, start + len(t)).expand(len(q), -1)], dim=1)
+        best_d, order = best_d.topk(min(k, best_d.shape[1]), dim=1, largest=False)
+        best_i = best_i.gather(1, order)
+    return best_d, best_i
+
+
+def distance_summary(distances: torch.Tensor) -> dict:
+    d = distances.numpy()
+    return {"min": float(d.min()), "p10": float(np.percentile(d, 10)), "median": float(np.median(d)),
+            "mean": float(d.mean()), "p90": float(np.percentile(d, 90)), "max": float(d.max())}
+
+
+def neighbour_report(samples: torch.Tensor, train: torch.Tensor, test: torch.Tensor, png: Path, k: int = 5,
+                     n: int = 64) -> dict:
+    """For the first ``n`` samples: a PNG (each row a sample then its k neighbours) and distance statistics.
+
+    The same statistics for the first ``n`` real held-out images are the yardstick: samples much closer to the
+    training set than real unseen images are would mean memorisation.
+    """
+    samples, test = samples[:n], test[:n]
+    dist, idx = nearest_neighbours(samples, train, k)
+    real_dist, _ = nearest_neighbours(test, train, 1)
+    rows = torch.cat([samples.unsqueeze(1), train[idx]], dim=1).flatten(0, 1)
+    save_grid(png, rows.float() / 255.0, nrow=k + 1)
+    nearest = dist[:, 0]
+    mine, real = distance_summary(nearest), distance_summary(real_dist[:, 0])
+    return {
+        "k": k, "n_samples": len(samples), "png": str(png), "samples_nearest": mine, "real_test_nearest": real,
+        "median_ratio": mine["median"] / real["median"] if real["median"] > 0 else float("nan"),
+        "nearest_distances": [round(float(v), 5) for v in nearest],
+        "neighbour_indices": idx.tolist(),
+    }

@@ -1,0 +1,69 @@
+"""Reference data for the metrics: a dataset's split, its fingerprint, and arrays cached next to the data.
+
+Caches are plain .npz files read with ``allow_pickle=False`` (loading runs no code), keyed by a hash of the images
+themselves, so a different copy or size of a dataset never reuses another's statistics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import DataConfig, cache_dir, load_split
+
+
+def fingerprint(images: torch.Tensor) -> str:
+    """First 12 hex digits of the SHA-1 of the uint8 images and their shape."""
+    digest = hashlib.sha1(str(tuple(images.shape)).encode(), usedforsecurity=False)
+    digest.update(np.ascontiguousarray(images.cpu().numpy()).tobytes())
+    return digest.hexdigest()[:12]
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """First 12 hex digits of the SHA-1 of a file (weights that feature caches depend on)."""
+    digest = hashlib.sha1(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def eval_cache(data: DataConfig) -> Path:
+    """Where the metrics' classifier and reference statistics for a dataset live: <cache_dir>/<dataset>/eval."""
+    return cache_dir() / data.dataset / "eval"
+
+
+def cached_arrays(path: Path, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Read ``path`` (.npz) if present, else compute the arrays and write them atomically."""
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    arrays = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return arrays
+
+
+def reference_split(data: DataConfig, split: str) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+    """(uint8 images at the configured size, labels, fingerprint) of one split."""
+    loaded = load_split(data, split)
+    return loaded.images, loaded.labels, fingerprint(loaded.images)
+
+
+def hwc_to_nchw(samples: np.ndarray) -> torch.Tensor:
+    """samples.npz's uint8 (N, H, W, C) as the library's uint8 (N, C, H, W)."""
+    samples = np.asarray(samples)
+    if samples.dtype != np.uint8 or samples.ndim != 4:
+        raise ValueError(f"samples must be uint8 (N, H, W, C), got {samples.dtype} {samples.shape}")
+    return torch.from_numpy(np.ascontiguousarray(samples)).permute(0, 3, 1, 2).contiguous()
