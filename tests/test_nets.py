@@ -106,3 +106,23 @@ def test_score_model_wrapper_levels_sigmas_and_scaling():
     assert torch.allclose(scaled(x, torch.tensor([2, 2])), by_level / model.sigmas[2])
     with pytest.raises(ValueError, match="model.arch"):
         build_score_model(ModelConfig(arch="unet"))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fast_layers_are_the_plain_pooling_maps(channels_last):
+    """The CRP pool (separable depthwise taps) and the folded conv-then-mean-pool equal the plain ops, with gradients."""
+    import torch.nn.functional as F
+
+    from ncsn.nets.layers import ConvMeanPool, mean_pool5
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 12, 10, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    grad = torch.randn(2, 3, 12, 10, dtype=torch.float64)
+    (fast,) = torch.autograd.grad(mean_pool5(x), x, grad)
+    (plain,) = torch.autograd.grad(F.avg_pool2d(x, 5, 1, 2), x, grad)
+    assert torch.allclose(mean_pool5(x), F.avg_pool2d(x, 5, 1, 2), atol=1e-12) and torch.allclose(fast, plain)
+    layer = ConvMeanPool(3, 4, 3).double()
+    assert torch.allclose(layer(x), F.avg_pool2d(layer.conv(x), 2), atol=1e-12)

@@ -11,6 +11,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
+from .runtime import RuntimeOptions, score_function
 from .sampling import annealed_langevin, uniform_init
 
 
@@ -31,12 +32,16 @@ def generate(
     world_size: int = 1,
     progress: bool = False,
     keep_frames: bool = False,
+    runtime: RuntimeOptions | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor] | None]:
     """This rank's share of ``n`` samples: (indices, images clamped to [0, 1] on the CPU, frames or None).
 
     ``settings`` carries n_steps_each, step_lr, denoise and convention (a SamplingConfig). With ``keep_frames``
-    the first batch's images at the end of every level are returned, one frame per level.
+    the first batch's images at the end of every level are returned, one frame per level. ``runtime`` runs the
+    network compiled, under bf16 autocast or channels_last (the chain itself stays float32).
     """
+    if runtime is not None:
+        score_fn = score_function(score_fn, runtime, device)
     batch_size = batch_size or settings.batch_size
     n_batches = math.ceil(n / batch_size)
     mine = list(range(rank, n_batches, world_size))

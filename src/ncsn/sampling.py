@@ -16,16 +16,21 @@ Generators = torch.Generator | Sequence[torch.Generator] | None
 CONVENTIONS = ("code", "paper")
 
 
-def randn(shape, generator: Generators = None, device=None) -> torch.Tensor:
+def randn(shape, generator: Generators = None, device=None, out: torch.Tensor | None = None) -> torch.Tensor:
     """Standard normal float32 noise; a list of generators draws each example from its own generator.
 
     One generator per example makes a sample depend on its own seed only, not on the batch it was drawn in.
+    ``out`` (contiguous float32 of ``shape``) is filled in place instead of allocating; the values are the same.
     """
-    if generator is None or isinstance(generator, torch.Generator):
-        return torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
-    if len(generator) != shape[0]:
+    if generator is not None and not isinstance(generator, torch.Generator) and len(generator) != shape[0]:
         raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
-    return torch.cat([torch.randn((1, *shape[1:]), generator=g, device=device) for g in generator])
+    if out is None:
+        out = torch.empty(shape, device=device, dtype=torch.float32)
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(out.shape, generator=generator, device=out.device, dtype=torch.float32, out=out)
+    for k, g in enumerate(generator):
+        torch.randn(out.shape[1:], generator=g, device=out.device, dtype=torch.float32, out=out[k])
+    return out
 
 
 def uniform_init(shape, generator: Generators = None, device=None) -> torch.Tensor:
@@ -47,7 +52,7 @@ def step_sizes(sigmas: torch.Tensor, step_lr: float) -> list[float]:
 
 
 def langevin_update(x: torch.Tensor, score: torch.Tensor, noise: torch.Tensor, alpha: float, convention: str):
-    """One Langevin move in place: x += drift * score + scale * noise for the chosen convention."""
+    """One Langevin move in place: x += drift * score + scale * noise, computed in x's dtype (float32)."""
     if convention == "code":
         drift, scale = alpha, math.sqrt(2.0 * alpha)
     else:
@@ -80,14 +85,15 @@ def annealed_langevin(
     if n_steps_each < 1 or step_lr <= 0:
         raise ValueError(f"need n_steps_each >= 1 and step_lr > 0, got {n_steps_each} and {step_lr}")
     x = x.detach().to(torch.float32).clone()
+    noise = torch.empty(x.shape, dtype=torch.float32, device=x.device)  # one buffer, refilled in place every step
     labels = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
     for level, alpha in enumerate(step_sizes(sigmas, step_lr)):
         labels.fill_(level)
         if constraint is not None:
             constraint(x, level, -1)
         for step in range(n_steps_each):
-            score = score_fn(x, labels).float()
-            langevin_update(x, score, randn(x.shape, generator, x.device), alpha, convention)
+            # a bf16 score is added into the float32 chain without a float32 copy; the arithmetic is float32
+            langevin_update(x, score_fn(x, labels), randn(x.shape, generator, out=noise), alpha, convention)
             if constraint is not None:
                 constraint(x, level, step)
             if callback is not None:

@@ -24,6 +24,7 @@ from .data import load_split, prepare_batch
 from .generate import generate
 from .images import save_grid
 from .losses import dsm_loss
+from .runtime import RuntimeOptions, autocast, prepare_model
 from .score_model import build_score_model
 
 
@@ -48,20 +49,65 @@ def _seeded(seed: int, stream: int, index: int, device) -> torch.Generator:
 
 
 class EpochBatches:
-    """Global batch indices of step k: epochs are seeded permutations of the training set (last partial batch dropped)."""
+    """Global batch indices of step k: epochs are seeded permutations of the training set (last partial batch dropped).
 
-    def __init__(self, n: int, batch_size: int, seed: int):
+    The permutation is drawn on the CPU (the same on every device) and moved to ``device`` once per epoch, so a
+    step only slices it: no host-to-device copy per step.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, device="cpu"):
         if batch_size > n:
             raise ValueError(f"training.batch_size ({batch_size}) exceeds the training set ({n} images)")
-        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.n, self.batch_size, self.seed, self.device = n, batch_size, seed, device
         self.per_epoch = n // batch_size
         self._epoch, self._perm = -1, None
 
     def indices(self, step: int) -> torch.Tensor:
         epoch, offset = divmod(step, self.per_epoch)
         if epoch != self._epoch:
-            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=_seeded(self.seed, 1, epoch, "cpu"))
+            perm = torch.randperm(self.n, generator=_seeded(self.seed, 1, epoch, "cpu"))
+            self._epoch, self._perm = epoch, perm.to(self.device)
         return self._perm[offset * self.batch_size : (offset + 1) * self.batch_size]
+
+
+def make_optimizer(model: torch.nn.Module, t) -> torch.optim.Adam:
+    """Adam with the config's settings; the fused kernel (one pass over all parameters) where the device has it."""
+    device = next(model.parameters()).device.type
+    fused = device in ("cpu", "cuda")
+    return torch.optim.Adam(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps,
+                            weight_decay=t.weight_decay, fused=fused or None)
+
+
+@torch.no_grad()
+def update_ema(ema: AveragedModel, model: torch.nn.Module) -> None:
+    """``ema.update_parameters(model)`` without its per-step host-to-device copy of the update count (a sync)."""
+    target = [*ema.module.parameters(), *ema.module.buffers()]
+    source = [t.detach() for t in (*model.parameters(), *model.buffers())]
+    if int(ema.n_averaged) == 0:  # the count lives on the CPU
+        for a, b in zip(target, source):
+            a.copy_(b)
+    else:
+        ema.multi_avg_fn(target, source, ema.n_averaged)
+    ema.n_averaged += 1
+
+
+def train_step(net, model, optimizer, x, labels, noise, sigmas, t, ema=None,
+               runtime: RuntimeOptions | None = None) -> torch.Tensor:
+    """One optimisation step on a drawn batch; returns the mean loss as a device tensor (nothing waits for it).
+
+    ``net`` is what the forward pass calls (the model, or its DDP/compiled wrapper); ``model`` owns the parameters.
+    """
+    with autocast(runtime or RuntimeOptions(), x.device):
+        losses = dsm_loss(net, x, sigmas, labels, t.anneal_power, noise=noise)
+    loss = losses.mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if t.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+    optimizer.step()
+    if ema is not None:
+        update_ema(ema, model)
+    return loss.detach()
 
 
 class MetricsLog:
@@ -142,11 +188,14 @@ def train(
     resume: bool = False,
     device: str | None = None,
     progress: bool = True,
+    runtime: RuntimeOptions | None = None,
 ) -> TrainResult:
     """Train ``config`` in ``workdir`` (config.yaml, metrics.jsonl, checkpoints/, samples/); returns the last step.
 
     Launch under ``torchrun --nproc_per_node=N`` for data-parallel training; every rank runs this same function.
+    ``runtime`` (compile, bf16 autocast, channels_last) changes speed, not the run: it is not part of the config.
     """
+    runtime = runtime or RuntimeOptions()
     workdir = Path(workdir)
     info = distributed.setup(device)
     t = config.training
@@ -157,9 +206,9 @@ def train(
 
     torch.manual_seed(t.seed)
     model = build_score_model(config.model).to(info.device)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps, weight_decay=t.weight_decay
-    )
+    if runtime.channels_last:  # before the optimizer and the EMA copy, so their tensors share the layout
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, t)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_rate), use_buffers=True) if t.ema else None
     start = 0
     if state is not None:
@@ -176,9 +225,9 @@ def train(
 
     train_images = load_split(config.data, "train").images.to(info.device)
     test_images = load_split(config.data, "test").images[: t.eval_batch_size].to(info.device)
-    batches = EpochBatches(len(train_images), t.batch_size, t.seed)
+    batches = EpochBatches(len(train_images), t.batch_size, t.seed, info.device)
     local = distributed.shard(t.batch_size, info.rank, info.world_size)
-    net = DistributedDataParallel(model) if info.world_size > 1 else model
+    net = prepare_model(DistributedDataParallel(model) if info.world_size > 1 else model, runtime, info.device)
     sigmas = model.sigmas
     log = MetricsLog(workdir, info.is_main, start, t.tensorboard)
     bar = tqdm(total=t.n_iters, initial=start, disable=not (progress and info.is_main), desc="training", unit="it")
@@ -197,21 +246,12 @@ def train(
     try:
         for step in range(start, t.n_iters):
             gen = _seeded(t.seed, 3, step, info.device)
-            x = prepare_batch(train_images[batches.indices(step).to(info.device)], gen,
-                              config.data.random_flip, config.data.dequantize)
+            x = prepare_batch(train_images[batches.indices(step)], gen, config.data.random_flip, config.data.dequantize)
             labels = torch.randint(0, len(sigmas), (t.batch_size,), generator=gen, device=info.device)
             noise = torch.randn(x.shape, generator=gen, device=info.device)
-            losses = dsm_loss(net, x[local], sigmas, labels[local], t.anneal_power, noise=noise[local])
-            loss = losses.mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if t.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            optimizer.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            loss_sum += loss.detach()
-            nonfinite |= ~torch.isfinite(loss.detach())
+            loss = train_step(net, model, optimizer, x[local], labels[local], noise[local], sigmas, t, ema, runtime)
+            loss_sum += loss
+            nonfinite |= ~torch.isfinite(loss)
             loss_steps += 1
             speed["steps"] += 1
             done = step + 1
@@ -247,7 +287,9 @@ def train(
             if info.is_main and (done % t.sample_every == 0 or done == t.n_iters):
                 sampler_model.eval()
                 _, images, _ = generate(sampler_model, sigmas, t.sample_n, tuple(x.shape[1:]), config.sampling,
-                                        seed=t.seed, device=info.device, batch_size=t.sample_n)
+                                        seed=t.seed, device=info.device, batch_size=t.sample_n,
+                                        runtime=RuntimeOptions(precision=runtime.precision,
+                                                               channels_last=bool(runtime.channels_last)))
                 sampler_model.train()
                 save_grid(workdir / "samples" / f"step_{done:08d}.png", images)
             speed["start"] += time.perf_counter() - side_work
@@ -255,4 +297,4 @@ def train(
         bar.close()
         log.close()
     distributed.barrier()
-    return TrainResult(step=t.n_iters, last_loss=last_loss, checkpoint=saved)
+    return TrainResult(step=max(start, t.n_iters), last_loss=last_loss, checkpoint=saved or ckpt.latest_checkpoint(workdir))

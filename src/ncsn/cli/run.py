@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from ..config import ConfigError, load_config, named_configs
 from ..data import DatasetNotFoundError, to_uint8_hwc
 from ..generate import generate
 from ..images import save_grid, save_progression
+from ..runtime import PRECISIONS, RuntimeOptions
 from ..training import NonFiniteLossError, RunFolderError, train
 
 USER_ERRORS = (ConfigError, CheckpointError, DatasetNotFoundError, NonFiniteLossError, RunFolderError, ValueError)
@@ -41,6 +43,38 @@ def model_source(workdir: str | None, checkpoint: str | None) -> str:
     return workdir or checkpoint
 
 
+RUNTIME_KEY = "ncsn.runtime"
+
+
+def _store_runtime(ctx, param, value):
+    ctx.meta.setdefault(RUNTIME_KEY, {})[param.name] = value
+    return value
+
+
+def runtime_options(func):
+    """--compile/--precision/--channels-last; kept in the click context (read with ``current_runtime()``), so
+    commands take them without new parameters."""
+    options = [
+        click.option("--compile/--no-compile", "compile", default=False, expose_value=False, callback=_store_runtime,
+                     help="torch.compile the network (CUDA graphs for sampling on CUDA)."),
+        click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+                     expose_value=False, callback=_store_runtime,
+                     help="bf16 autocasts the network; the Langevin and loss arithmetic stay float32."),
+        click.option("--channels-last/--no-channels-last", "channels_last", default=None, expose_value=False,
+                     callback=_store_runtime,
+                     help="channels_last memory format [default: for sampling on a CPU from 16x16 images up]."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def current_runtime() -> RuntimeOptions:
+    """The runtime options of the command being run (the defaults outside a command)."""
+    ctx = click.get_current_context(silent=True)
+    return RuntimeOptions(**(ctx.meta.get(RUNTIME_KEY, {}) if ctx is not None else {}))
+
+
 def sampling_options(func):
     """Options shared by every command that runs the sampler; unset ones fall back to the run's config."""
     options = [
@@ -56,7 +90,7 @@ def sampling_options(func):
     ]
     for option in reversed(options):
         func = option(func)
-    return func
+    return runtime_options(func)
 
 
 def resolved_sampling(config, denoise, steps_each, step_lr, batch_size):
@@ -68,8 +102,12 @@ def resolved_sampling(config, denoise, steps_each, step_lr, batch_size):
     return s
 
 
-def sample_to_folder(model, config, info, n, seed, out, dist_info, progression=False) -> dict:
-    """Draw n samples (this rank's share), merge on rank 0, write samples.npz, grid.png and the progression."""
+def sample_to_folder(model, config, info, n, seed, out, dist_info, progression=False, runtime=None) -> dict:
+    """Draw n samples (this rank's share), merge on rank 0, write samples.npz, grid.png and the progression.
+
+    ``runtime`` defaults to the running command's --compile/--precision/--channels-last.
+    """
+    runtime = runtime or current_runtime()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     shape = (config.model.in_channels, config.data.image_size, config.data.image_size)
@@ -77,6 +115,7 @@ def sample_to_folder(model, config, info, n, seed, out, dist_info, progression=F
     indices, images, frames = generate(
         model, model.sigmas, n, shape, config.sampling, seed=seed, device=dist_info.device,
         rank=dist_info.rank, world_size=dist_info.world_size, progress=dist_info.is_main, keep_frames=progression,
+        runtime=runtime,
     )
     if dist_info.world_size > 1:
         np.savez(out / f".part_{dist_info.rank}.npz", indices=indices.numpy(), images=images.numpy())
@@ -98,7 +137,8 @@ def sample_to_folder(model, config, info, n, seed, out, dist_info, progression=F
     summary = {
         "n": n, "seed": seed, "weights": info["weights"], "step": info.get("step"), "n_steps_each": s.n_steps_each,
         "step_lr": s.step_lr, "denoise": s.denoise, "convention": s.convention, "batch_size": s.batch_size,
-        "seconds": seconds, "processes": dist_info.world_size,
+        "seconds": seconds, "processes": dist_info.world_size, "compile": runtime.compile,
+        "precision": runtime.precision, "channels_last": runtime.channels_last,
     }
     (out / "sample_config.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -111,6 +151,7 @@ def sample_to_folder(model, config, info, n, seed, out, dist_info, progression=F
 @click.option("--resume", is_flag=True, help="Continue from the run folder's latest checkpoint.")
 @click.option("--device", default=None, help="cpu, cuda ... [default: cuda if available].")
 @click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
+@runtime_options
 @user_errors
 def train_command(config_name, workdir, overrides, resume, device, progress):
     """Train a score network by denoising score matching (use torchrun for several processes)."""
@@ -119,9 +160,10 @@ def train_command(config_name, workdir, overrides, resume, device, progress):
     workdir = Path(workdir or f"runs/{Path(config_name).stem}")
     base = config_name if config_name else str(workdir / "config.yaml")
     config = load_config(base, overrides)
-    result = train(config, workdir, resume=resume, device=device, progress=progress)
+    result = train(config, workdir, resume=resume, device=device, progress=progress, runtime=current_runtime())
     if distributed.setup(device).is_main:
-        click.echo(f"trained to step {result.step}; loss {result.last_loss:.4f}; checkpoint {result.checkpoint}")
+        loss = "" if math.isnan(result.last_loss) else f"; loss {result.last_loss:.4f}"
+        click.echo(f"trained to step {result.step}{loss}; checkpoint {result.checkpoint}")
     distributed.cleanup()
 
 
@@ -163,6 +205,7 @@ def export_command(workdir, checkpoint, ema, out):
 @click.option("--seed", type=int, default=0, help="Sampling seed.")
 @click.option("--device", default=None, help="cpu, cuda ... [default: cuda if available].")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a digits config field.")
+@runtime_options
 @user_errors
 def demo_command(workdir, n, seed, device, overrides):
     """Train the `digits` config (a few minutes on two CPU cores), sample digits and score them with a classifier."""
@@ -173,7 +216,7 @@ def demo_command(workdir, n, seed, device, overrides):
     start = time.perf_counter()
     latest = latest_checkpoint(workdir)
     if latest is None or int(latest.stem.split("_")[1]) < config.training.n_iters:
-        train(config, workdir, resume=latest is not None, device=device)
+        train(config, workdir, resume=latest is not None, device=device, runtime=current_runtime())
     train_seconds = time.perf_counter() - start
     dist_info = distributed.setup(device)
     model, config, info = load_score_model(workdir, device=dist_info.device)

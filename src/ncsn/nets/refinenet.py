@@ -19,7 +19,6 @@ class CondRefineNetDilated(nn.Module):
     def __init__(self, in_channels: int = 3, ngf: int = 128, num_classes: int = 10):
         super().__init__()
         self.in_channels, self.ngf, self.num_classes = in_channels, ngf, num_classes
-        self.act = nn.ELU()
         self.begin_conv = nn.Conv2d(in_channels, ngf, 3, padding=1)
         self.normalizer = CondInstanceNormPlusPlus(ngf, num_classes)
         self.end_conv = nn.Conv2d(ngf, in_channels, 3, padding=1)
@@ -65,4 +64,4 @@ class CondRefineNetDilated(nn.Module):
         ref2 = self.refine2([layer3, ref1], y, layer3.shape[-2:])
         ref3 = self.refine3([layer2, ref2], y, layer2.shape[-2:])
         out = self.refine4([layer1, ref3], y, layer1.shape[-2:])
-        return self.end_conv(self.act(self.normalizer(out, y)))
+        return self.end_conv(self.normalizer(out, y, activation=True))

@@ -1,0 +1,64 @@
+"""Time the library's training step (batch drawing + forward + backward + Adam) and print JSON.
+
+    python benchmarks/train_step.py --config fashion_mnist --repeats 3
+    python benchmarks/train_step.py --config cifar10 --device cuda --compile --precision bf16 --channels-last
+
+Images are random uint8 of the config's shape (the speed does not depend on the pixels, and no dataset is
+needed). Reports images/s and seconds per step (median, min, max over the repeats) and peak memory.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from common import machine, parser, peak_memory, setup, spread, timed
+
+from ncsn.data import prepare_batch
+from ncsn.runtime import prepare_model, wants_channels_last
+from ncsn.score_model import build_score_model
+from ncsn.training import EpochBatches, make_optimizer, train_step
+
+
+def main() -> None:
+    args = parser(__doc__).parse_args()
+    config, runtime, device, batch, warmup = setup(args)
+    t = config.training
+    torch.manual_seed(0)
+    model = build_score_model(config.model).to(device)
+    if runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, t)
+    net = prepare_model(model, runtime, device)
+    shape = (config.model.in_channels, config.data.image_size, config.data.image_size)
+    images = torch.randint(0, 256, (4 * batch, *shape), dtype=torch.uint8, device=device)
+    batches = EpochBatches(len(images), batch, t.seed, device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    state = {"step": 0}
+
+    def step():
+        x = prepare_batch(images[batches.indices(state["step"])], gen, config.data.random_flip, config.data.dequantize)
+        labels = torch.randint(0, model.num_scales, (batch,), generator=gen, device=device)
+        noise = torch.randn(x.shape, generator=gen, device=device)
+        state["loss"] = train_step(net, model, optimizer, x, labels, noise, model.sigmas, t, runtime=runtime)
+        state["step"] += 1
+
+    warm, times = timed(step, device, args.repeats, warmup)
+    print(json.dumps({
+        "benchmark": "train_step",
+        "machine": machine(device),
+        "config": {"name": args.config, "overrides": args.overrides, "ngf": config.model.ngf, "image_shape": shape,
+                   "batch_size": batch, "device": str(device), "compile": runtime.compile,
+                   "precision": runtime.precision, "channels_last": wants_channels_last(runtime, device, config.data.image_size, True)},
+        "warmup": {"calls": warmup, "seconds": round(warm, 3)},
+        "seconds_per_step": {k: round(v, 4) if isinstance(v, float) else v for k, v in spread(times).items()},
+        "images_per_s": {k: round(v, 1) if isinstance(v, float) else v
+                         for k, v in spread([batch / s for s in times]).items()},
+        "hours_for_config_n_iters": round(t.n_iters * spread(times)["median"] / 3600, 2),
+        "final_loss_finite": bool(torch.isfinite(state["loss"]).item()),
+        **peak_memory(device),
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""Runtime options (bf16 autocast, torch.compile, channels_last) change speed, never the statistics of the results."""
+
+import json
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from ncsn import CondRefineNetDilated, ModelConfig, annealed_langevin, build_score_model, geometric_sigmas, uniform_init
+from ncsn.cli import main
+from ncsn.config import load_config
+from ncsn.data import prepare_batch
+from ncsn.generate import generate
+from ncsn.runtime import RuntimeOptions, autocast, prepare_model, score_function, wants_channels_last
+from ncsn.training import EpochBatches, make_optimizer, train, train_step
+
+SIGMAS = geometric_sigmas(1.0, 0.01, 10)
+MU, S = 0.4, 0.2
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu_check.sh runs these)")
+
+
+class GaussianScoreNet(nn.Module):
+    """The exact perturbed score of N(MU, S^2 I) behind a 1x1 convolution, so autocast and compile really apply."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 1, bias=False)
+        nn.init.ones_(self.conv.weight)
+        self.register_buffer("var", S**2 + SIGMAS**2)
+
+    def forward(self, x, labels):
+        return -self.conv(x - MU) / self.var[labels].view(-1, 1, 1, 1)
+
+
+def chain_stats(options: RuntimeOptions, device="cpu", n=2000, steps=100):
+    model = GaussianScoreNet().to(device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    x0 = uniform_init((n, 1, 4, 4), generator=gen, device=device)
+    out = annealed_langevin(score_function(model, options, device), x0, SIGMAS.to(device), steps, 2e-5, generator=gen)
+    assert out.dtype == torch.float32
+    return out.mean().item(), out.var().item()
+
+
+@pytest.fixture(scope="module")
+def fp32_stats():
+    return chain_stats(RuntimeOptions())
+
+
+def test_fp32_eager_chain_recovers_the_gaussian(fp32_stats):
+    mean, var = fp32_stats
+    assert abs(mean - MU) < 0.02 and var == pytest.approx(S**2, rel=0.10)
+
+
+def test_bf16_chain_has_the_fp32_mean_and_variance(fp32_stats):
+    mean, var = chain_stats(RuntimeOptions(precision="bf16"))
+    assert mean == pytest.approx(fp32_stats[0], abs=5e-3)
+    assert var == pytest.approx(fp32_stats[1], rel=0.03)
+
+
+def test_compiled_chain_has_the_fp32_mean_and_variance(fp32_stats):
+    mean, var = chain_stats(RuntimeOptions(compile=True), steps=20)
+    ref_mean, ref_var = chain_stats(RuntimeOptions(), steps=20)
+    assert mean == pytest.approx(ref_mean, abs=1e-4) and var == pytest.approx(ref_var, rel=1e-3)
+
+
+def test_autocast_is_a_noop_for_fp32_and_bf16_where_asked():
+    with autocast(RuntimeOptions(), "cpu"):
+        assert not torch.is_autocast_enabled("cpu")
+    with autocast(RuntimeOptions(precision="bf16"), "cpu"):
+        assert torch.is_autocast_enabled("cpu")
+    with pytest.raises(ValueError, match="precision"):
+        RuntimeOptions(precision="fp16")
+
+
+def test_channels_last_network_matches_contiguous_outputs_and_gradients():
+    torch.manual_seed(0)
+    net = CondRefineNetDilated(3, 8, 10)
+    x, y = torch.rand(3, 3, 16, 16), torch.tensor([0, 4, 9])
+
+    def run(model, inp):
+        model.zero_grad()
+        out = model(inp, y)
+        out.square().sum().backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+    out, grads = run(net, x)
+    prepare_model(net, RuntimeOptions(channels_last=True), "cpu")
+    assert net.begin_conv.weight.is_contiguous(memory_format=torch.channels_last)
+    out_cl, grads_cl = run(net, x.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(out_cl, out, atol=1e-5, rtol=1e-4)
+    assert all((a - b).norm() <= 1e-4 * b.norm() for a, b in zip(grads_cl, grads))  # float32 rounding
+
+
+def test_channels_last_left_to_the_library_is_for_cpu_sampling_of_larger_images():
+    auto, off = RuntimeOptions(), RuntimeOptions(channels_last=False)
+    assert wants_channels_last(auto, "cpu", 28, training=False) and not wants_channels_last(auto, "cpu", 8, False)
+    assert not wants_channels_last(auto, "cpu", 32, training=True) and not wants_channels_last(off, "cpu", 32, False)
+    assert wants_channels_last(RuntimeOptions(channels_last=True), "cpu", 8, training=True)
+    torch.manual_seed(0)
+    net = CondRefineNetDilated(1, 4, 10).eval()
+    x, y = torch.rand(2, 1, 16, 16), torch.tensor([0, 9])
+    with torch.no_grad():
+        plain = net(x, y)
+        fast = score_function(net, auto, "cpu")(x, y)
+    assert net.begin_conv.weight.is_contiguous(memory_format=torch.channels_last)  # settled at the first call
+    assert torch.allclose(fast, plain, atol=1e-5)
+
+
+def test_generate_with_channels_last_gives_the_same_samples():
+    torch.manual_seed(0)
+    net = CondRefineNetDilated(1, 4, 10).eval()
+    settings = load_config("digits", ["sampling.n_steps_each=2", "sampling.step_lr=2e-5"]).sampling
+    plain = generate(net, SIGMAS, 4, (1, 8, 8), settings, seed=3)[1]
+    fast = generate(net, SIGMAS, 4, (1, 8, 8), settings, seed=3, runtime=RuntimeOptions(channels_last=True))[1]
+    assert torch.allclose(plain, fast, atol=1e-5)
+
+
+@pytest.mark.parametrize("options", [RuntimeOptions(precision="bf16", channels_last=True), RuntimeOptions(compile=True)])
+def test_train_step_with_options_lowers_a_finite_loss(options):
+    config = load_config("digits")
+    torch.manual_seed(0)
+    model = GaussianScoreNet()
+    optimizer = make_optimizer(model, config.training)
+    net = prepare_model(model, options, "cpu")
+    before = model.conv.weight.detach().clone()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        x = MU + S * torch.randn(64, 1, 4, 4, generator=gen)
+        labels = torch.randint(0, 10, (64,), generator=gen)
+        loss = train_step(net, model, optimizer, x, labels, torch.randn(x.shape, generator=gen), SIGMAS,
+                          config.training, runtime=options)
+        assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert not torch.equal(model.conv.weight, before)
+
+
+def test_train_and_sample_commands_take_the_options(tmp_path):
+    sets = ["model.ngf=4", "training.n_iters=2", "training.batch_size=16", "training.sample_n=4",
+            "sampling.n_steps_each=1", "training.ema=false"]
+    config = load_config("digits", sets)
+    result = train(config, tmp_path / "run", device="cpu", progress=False,
+                   runtime=RuntimeOptions(precision="bf16", channels_last=True))
+    assert result.step == 2 and math.isfinite(result.last_loss)
+    out = tmp_path / "samples"
+    res = CliRunner().invoke(main, ["sample", "--workdir", str(tmp_path / "run"), "--n", "4", "--batch-size", "4",
+                                    "--steps-each", "1", "--precision", "bf16", "--channels-last", "--out", str(out),
+                                    "--device", "cpu"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    meta = json.loads((out / "sample_config.json").read_text())
+    assert (meta["precision"], meta["channels_last"], meta["compile"]) == ("bf16", True, False)
+    bad = CliRunner().invoke(main, ["sample", "--workdir", str(tmp_path / "run"), "--precision", "fp16", "--out",
+                                    str(out)])
+    assert bad.exit_code == 2 and "fp16" in bad.output
+
+
+# CUDA paths: run by benchmarks/gpu_check.sh on a GPU machine, skipped elsewhere.
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_train_step_does_not_wait_for_the_device():
+    t = load_config("cifar10").training
+    model = build_score_model(ModelConfig(in_channels=3, ngf=16)).cuda()
+    optimizer = make_optimizer(model, t)
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, device="cuda")
+    batches = EpochBatches(64, 16, 0, "cuda")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+
+    def step(k):
+        x = prepare_batch(images[batches.indices(k)], gen, True, True)
+        labels = torch.randint(0, 10, (16,), generator=gen, device="cuda")
+        return train_step(model, model, optimizer, x, labels, torch.randn(x.shape, generator=gen, device="cuda"),
+                          model.sigmas, t)
+
+    step(0)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        losses = [step(k) for k in (1, 2, 3)]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(torch.isfinite(loss) for loss in losses)
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_bf16_compiled_graph_chain_has_the_fp32_statistics():
+    ref = chain_stats(RuntimeOptions(), device="cuda", n=4000)
+    for options in (RuntimeOptions(precision="bf16"), RuntimeOptions(compile=True, precision="bf16")):
+        mean, var = chain_stats(options, device="cuda", n=4000)
+        assert mean == pytest.approx(ref[0], abs=5e-3) and var == pytest.approx(ref[1], rel=0.03), options
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_network_bf16_channels_last_is_close_to_fp32():
+    torch.manual_seed(0)
+    net = CondRefineNetDilated(3, 32, 10).cuda().eval()
+    x, y = torch.rand(8, 3, 32, 32, device="cuda"), torch.arange(8, device="cuda") % 10
+    with torch.no_grad():
+        ref = net(x, y)
+        fast = score_function(net, RuntimeOptions(precision="bf16", channels_last=True), "cuda")(x, y).float()
+    assert (fast - ref).norm() / ref.norm() < 0.03
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_compiled_bf16_training_step_lowers_the_loss():
+    config = load_config("cifar10", ["model.ngf=16"])
+    options = RuntimeOptions(compile=True, precision="bf16", channels_last=True)
+    torch.manual_seed(0)
+    model = build_score_model(ModelConfig(in_channels=3, ngf=16)).cuda()
+    prepare_model(model, RuntimeOptions(channels_last=True), "cuda")
+    optimizer = make_optimizer(model, config.training)
+    net = prepare_model(model, options, "cuda")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.rand(32, 3, 32, 32, generator=gen, device="cuda")
+    losses = []
+    for _ in range(20):
+        labels = torch.randint(0, 10, (32,), generator=gen, device="cuda")
+        noise = torch.randn(x.shape, generator=gen, device="cuda")
+        losses.append(train_step(net, model, optimizer, x, labels, noise, model.sigmas, config.training, runtime=options))
+    losses = torch.stack(losses).tolist()
+    assert all(math.isfinite(v) for v in losses) and sum(losses[-5:]) < sum(losses[:5])
