@@ -17,7 +17,8 @@ from ..data import load_split, resize_uint8, to_uint8_hwc
 from ..generate import batch_generator
 from ..images import auto_scale, grid_image, masked_view
 from ..inpainting import MASK_NAMES, inpaint, make_mask, parse_mask_spec, quality
-from .run import model_source, resolved_sampling, sampling_options, user_errors
+from ..runtime import score_function
+from .run import current_runtime, model_source, resolved_sampling, sampling_options, user_errors
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -69,12 +70,13 @@ def complete(model, originals: torch.Tensor, known: torch.Tensor, m: int, settin
     images = originals.repeat_interleave(m, dim=0)
     total, size = images.shape[0], settings.batch_size
     sigmas = model.sigmas.to(device)
+    score = score_function(model, current_runtime(), device)  # --compile/--precision/--channels-last
     bar = tqdm(total=math.ceil(total / size) * len(sigmas) * settings.n_steps_each, desc="inpainting", unit="step")
     out = []
     for b in range(math.ceil(total / size)):
         chunk = images[b * size:(b + 1) * size].to(device)
         x = inpaint(
-            model, chunk, known, sigmas, settings.n_steps_each, settings.step_lr, settings.denoise,
+            score, chunk, known, sigmas, settings.n_steps_each, settings.step_lr, settings.denoise,
             settings.convention, redraw_every_step=redraw, generator=batch_generator(seed, b, device),
             callback=lambda *_: bar.update(1),
         )
