@@ -19,6 +19,32 @@ def data_dir() -> pathlib.Path:
     return DATA
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one thread is as fast and avoids oversubscribing a shared CI machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run(*args):
+    """``ncsn ARGS...`` in-process; arguments may be paths or numbers."""
+    from click.testing import CliRunner
+
+    from ncsn.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def train_tiny(workdir, overrides):
+    """A tiny CPU training run of the digits config in ``workdir``; returns the command's output."""
+    result = run("train", "--config", "digits", "--workdir", workdir, "--device", "cpu", "--no-progress",
+                 *[f"--set={s}" for s in overrides])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
 def gaussian_score(mu: float, s: float, sigmas: torch.Tensor):
     """Exact score of N(mu, s^2 I) perturbed by N(0, sigma_l^2 I), indexed by level label."""
 

@@ -10,22 +10,17 @@ from PIL import Image
 
 from ncsn.cli import main
 
+from .conftest import run, train_tiny
+
 TINY = ["model.ngf=4", "training.n_iters=4", "training.batch_size=16", "training.checkpoint_every=2",
         "training.sample_every=100", "training.sample_n=4", "sampling.n_steps_each=2", "sampling.batch_size=8",
         "training.log_every=2", "training.eval_every=2"]
 
 
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
-    result = run("train", "--config", "digits", "--workdir", workdir, "--device", "cpu", "--no-progress",
-                 *[f"--set={s}" for s in TINY])
-    assert result.exit_code == 0, result.output
-    assert "trained to step 4" in result.output
+    assert "trained to step 4" in train_tiny(workdir, TINY)
     return workdir
 
 

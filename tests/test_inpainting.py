@@ -11,7 +11,7 @@ from ncsn import annealed_langevin, geometric_sigmas, per_example_generators, un
 from ncsn.cli import main
 from ncsn.inpainting import fit_mask, inpaint, make_mask, mean_fill, quality
 
-from .conftest import gaussian_score
+from .conftest import gaussian_score, run, train_tiny
 
 SIGMAS = geometric_sigmas(1.0, 0.01, 10)
 TINY = ["model.ngf=4", "training.n_iters=4", "training.batch_size=16", "training.checkpoint_every=4",
@@ -160,16 +160,10 @@ def test_quality_figures_and_mean_fill_baseline():
     assert figures["diversity"] == pytest.approx(float(torch.tensor([1.0, 0.8, 1.0]).std()) / 2)
 
 
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
-    result = run("train", "--config", "digits", "--workdir", workdir, "--device", "cpu", "--no-progress",
-                 *[f"--set={s}" for s in TINY])
-    assert result.exit_code == 0, result.output
+    train_tiny(workdir, TINY)
     return workdir
 
 

@@ -7,13 +7,7 @@ MU = torch.tensor([0.5, -1.0, 2.0])
 A = torch.tensor([[1.5, 0.3, 0.0], [0.3, 0.8, -0.2], [0.0, -0.2, 2.0]])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is as fast and avoids oversubscribing a shared CI machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is as fast
 
 
 def linear_score(x):

@@ -13,13 +13,7 @@ from ncsn.toy import PAPER_MIXTURE, GaussianMixture
 WEIGHTS = np.array(PAPER_MIXTURE.weights)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The toy models are tiny: one thread is as fast and avoids oversubscribing a shared CI machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is as fast
 
 
 def run_cli(*args: str) -> str:

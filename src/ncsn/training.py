@@ -80,9 +80,15 @@ def make_optimizer(model: torch.nn.Module, t) -> torch.optim.Adam:
 
 @torch.no_grad()
 def update_ema(ema: AveragedModel, model: torch.nn.Module) -> None:
-    """``ema.update_parameters(model)`` without its per-step host-to-device copy of the update count (a sync)."""
-    target = [*ema.module.parameters(), *ema.module.buffers()]
-    source = [t.detach() for t in (*model.parameters(), *model.buffers())]
+    """``ema.update_parameters(model)`` without its per-step host-to-device copy of the update count (a sync).
+
+    The two tensor lists are gathered once and kept on ``ema`` (parameters are updated in place, never replaced), so
+    a step does not walk both module trees.
+    """
+    if "_ncsn_pairs" not in ema.__dict__:
+        ema._ncsn_pairs = ([*ema.module.parameters(), *ema.module.buffers()],
+                           [t.detach() for t in (*model.parameters(), *model.buffers())])
+    target, source = ema._ncsn_pairs
     if int(ema.n_averaged) == 0:  # the count lives on the CPU
         for a, b in zip(target, source):
             a.copy_(b)
