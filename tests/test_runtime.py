@@ -154,6 +154,16 @@ def test_train_and_sample_commands_take_the_options(tmp_path):
     assert bad.exit_code == 2 and "fp16" in bad.output
 
 
+def test_cudnn_autotuning_is_on_for_cuda_training_only(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # restored afterwards
+    net = nn.Identity()  # prepare_model never moves a model, so this runs without a GPU
+    prepare_model(net, RuntimeOptions(), "cpu")
+    prepare_model(net, RuntimeOptions(), "cuda", sampling=True)
+    assert torch.backends.cudnn.benchmark is False  # sampling keeps cuDNN's fixed choice: same seed, same samples
+    prepare_model(net, RuntimeOptions(), "cuda")
+    assert torch.backends.cudnn.benchmark is True
+
+
 # CUDA paths: run by benchmarks/gpu_check.sh on a GPU machine, skipped elsewhere.
 
 

@@ -58,7 +58,10 @@ def uses_cuda_graphs(options: RuntimeOptions, device) -> bool:
 def prepare_model(model, options: RuntimeOptions, device, sampling: bool = False) -> nn.Module:
     """Apply an explicit channels_last in place and return the module to call (compiled when asked; parameters are
     shared). For sampling on CUDA the compiled network is captured as CUDA graphs: the sampler calls it with fixed
-    shapes."""
+    shapes. Training on CUDA turns on cuDNN's autotuner (its shapes are fixed, and GPU training is not bit-exact
+    anyway); sampling leaves the default algorithm choice, so a seed gives the same samples from run to run."""
+    if not sampling and _device_type(device) == "cuda":
+        torch.backends.cudnn.benchmark = True
     if options.channels_last and isinstance(model, nn.Module):
         model.to(memory_format=torch.channels_last)
     if not options.compile:
