@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# GPU check, at most about 8 minutes on one H200: the test suite's CUDA-marked tests, then the training-step and
-# sampler benchmarks on the CIFAR-10 paper config (ngf 128, batch 128), eager fp32 and compiled bf16 channels_last.
+# GPU check, at most about 8 minutes on one H200: the test suite's CUDA-marked tests, the FLOPs and float32 matmul
+# rate (compute_floor.py), then the training-step and sampler benchmarks on the CIFAR-10 paper config (ngf 128,
+# batch 128), eager fp32 and compiled bf16 channels_last.
 # Every result is one JSON object on stdout; copy the figures into benchmarks/RESULTS.md.
 #
 #   bash benchmarks/gpu_check.sh                 # on a machine with CUDA
@@ -38,6 +39,7 @@ else
 fi
 [ "${QUICK:-0}" = 1 ] || [ "$DEVICE" = cuda ] || { echo "on a CPU set QUICK=1 (tiny sizes)"; exit 2; }
 
+run "compute floor" $PY benchmarks/compute_floor.py "${TRAIN[@]}"
 run "train eager fp32" $PY benchmarks/train_step.py "${TRAIN[@]}"
 run "train compiled bf16 channels_last" $PY benchmarks/train_step.py "${TRAIN[@]}" --compile --precision bf16 --channels-last
 run "sampler eager fp32" $PY benchmarks/sampler.py "${SAMPLE[@]}" --total-samples 50000
