@@ -46,7 +46,7 @@ def main() -> None:
     labels = torch.randint(0, model.num_scales, (batch,), device=device)
     step = counted_flops(lambda: train_step(model, model, optimizer, x, labels, noise, model.sigmas, config.training))
     with torch.no_grad():
-        forward = counted_flops(lambda: model(x, labels))
+        forward = counted_flops(lambda: model.at_levels(x, labels))
     rate = matmul_rate(device, args.repeats)
     print(json.dumps({
         "benchmark": "compute_floor",

@@ -46,10 +46,11 @@ def train_tiny(workdir, overrides):
 
 
 def gaussian_score(mu: float, s: float, sigmas: torch.Tensor):
-    """Exact score of N(mu, s^2 I) perturbed by N(0, sigma_l^2 I), indexed by level label."""
+    """Exact score of N(mu, s^2 I) perturbed by N(0, sigma^2 I), one sigma per example (``sigmas`` is unused: any
+    sigma works, as for a sigma-scaled network)."""
 
-    def score(x, labels):
-        var = s**2 + sigmas.to(x.device)[labels].view(-1, *([1] * (x.dim() - 1))) ** 2
+    def score(x, sigma):
+        var = s**2 + sigma.to(x.device).view(-1, *([1] * (x.dim() - 1))) ** 2
         return -(x - mu) / var
 
     return score

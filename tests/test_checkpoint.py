@@ -85,7 +85,7 @@ def test_official_v1_checkpoint_loads_by_name(tmp_path):
     model, config, info = load_score_model(tmp_path / "checkpoint.pth")
     assert info["weights"] == "official-v1" and config.data.dataset == "cifar10" and config.model.ngf == 8
     x, y = torch.rand(2, 3, 32, 32), torch.tensor([0, 5])
-    assert torch.equal(model(x, y), net(x, y))
+    assert torch.equal(model.at_levels(x, y), net(x, y))
     v2 = [{**official[0], "module.sigmas": torch.ones(10)}, {}, 0, 0, {}]
     torch.save(v2, tmp_path / "v2.pth")
     with pytest.raises(CheckpointError, match="NCSNv2"):
@@ -100,7 +100,7 @@ def test_slim_export_round_trip(tmp_path):
     for source in (out, out / "model.safetensors"):
         loaded, _, _ = load_score_model(source)
         x, y = torch.rand(2, 1, 8, 8), torch.tensor([1, 2])
-        assert torch.equal(loaded(x, y), model.eval()(x, y))
+        assert torch.equal(loaded.at_levels(x, y), model.eval().at_levels(x, y))
     (out / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="corrupt or truncated safetensors"):
         load_score_model(out)

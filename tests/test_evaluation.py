@@ -96,8 +96,8 @@ def test_heldout_loss_is_seeded_and_batch_size_free(data_cache):
     images = load_split(DataConfig("digits", image_size=8), "test").images[:40]
     sigmas = torch.tensor([1.0, 0.3, 0.1])
 
-    def score(x, labels):
-        return -x / (1 + sigmas[labels].view(-1, 1, 1, 1) ** 2)
+    def score(x, sigma):
+        return -x / (1 + sigma.view(-1, 1, 1, 1) ** 2)
 
     a = heldout_dsm_loss(score, images, sigmas, seed=3, batch_size=7)
     b = heldout_dsm_loss(score, images, sigmas, seed=3, batch_size=500)

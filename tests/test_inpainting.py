@@ -10,6 +10,7 @@ from PIL import Image
 from ncsn import annealed_langevin, geometric_sigmas, per_example_generators, uniform_init
 from ncsn.cli import main
 from ncsn.inpainting import fit_mask, inpaint, make_mask, mean_fill, quality
+from ncsn.sigmas import ladder_levels
 
 from .conftest import gaussian_score, run, train_tiny
 
@@ -85,9 +86,10 @@ def gaussian_data(dim: int):
     mu = 0.5 + 0.1 * torch.randn(dim, generator=g, dtype=torch.float64)
     precisions = torch.linalg.inv(cov + SIGMAS.double().view(-1, 1, 1) ** 2 * torch.eye(dim)).float()
 
-    def score(x, labels):
-        assert bool((labels == labels[0]).all())  # the sampler moves a whole batch through one level at a time
-        return -((x.flatten(1) - mu.float()) @ precisions[labels[0]]).view_as(x)
+    def score(x, sigma):
+        assert bool((sigma == sigma[0]).all())  # the sampler moves a whole batch through one level at a time
+        level = int(ladder_levels(SIGMAS, sigma[:1]))
+        return -((x.flatten(1) - mu.float()) @ precisions[level]).view_as(x)
 
     return mu, cov, score
 

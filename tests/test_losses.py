@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ncsn import CondRefineNetDilated, dsm_loss, geometric_sigmas
+from ncsn import CondRefineNetDilated, ScoreModel, dsm_loss, geometric_sigmas
 
 from .conftest import gaussian_score
 
@@ -46,9 +46,9 @@ def test_dsm_anneal_power_weights_and_explicit_noise():
 
 
 def test_dsm_same_generator_same_loss_and_gradients_reach_model():
-    net = CondRefineNetDilated(1, 8, 10)
-    x = torch.rand(4, 1, 8, 8)
     sigmas = geometric_sigmas(1.0, 0.01, 10)
+    net = ScoreModel(CondRefineNetDilated(1, 8, 10), sigmas)
+    x = torch.rand(4, 1, 8, 8)
     a = dsm_loss(net, x, sigmas, generator=torch.Generator().manual_seed(3))
     b = dsm_loss(net, x, sigmas, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a, b)

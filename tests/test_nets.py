@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from ncsn import CondInstanceNormPlusPlus, CondRefineNetDilated, ModelConfig, ScoreModel, build_score_model
+from ncsn.sigmas import SigmaOffLadderError
 from ncsn.sigmas import geometric_sigmas
 
 
@@ -99,11 +100,19 @@ def test_score_model_wrapper_levels_sigmas_and_scaling():
     model = build_score_model(cfg)
     assert torch.allclose(model.sigmas, geometric_sigmas(1.0, 0.01, 10))
     x = torch.rand(2, 1, 8, 8)
-    by_level = model(x, torch.tensor([2, 2]))
-    assert torch.equal(model.score_at_sigma(x, 0.36), by_level)
-    assert torch.equal(model.score_at_sigma(x, torch.tensor([0.36, 0.35])), by_level)
+    by_level = model.net(x, torch.tensor([2, 5]))
+    assert torch.equal(model.at_levels(x, torch.tensor([2, 5])), by_level)
+    assert torch.equal(model(x, model.sigmas[[2, 5]]), by_level)
+    assert torch.equal(model(x, float(model.sigmas[2])), model.net(x, torch.tensor([2, 2])))
+    # within the ladder's relative tolerance the level is found; between two levels, or off the ends, it is refused
+    assert torch.equal(model(x, model.sigmas[[2, 5]] * (1 + 5e-5)), by_level)
+    for off in (0.36 * 0.99, 0.3, 2.0, 0.005):
+        with pytest.raises(SigmaOffLadderError, match=rf"sigma {off:.6g} is not on this level-conditioned.*0\.5995"):
+            model(x, torch.tensor([float(model.sigmas[0]), off]))
+    with pytest.raises(ValueError, match=r"shape \(2,\)"):
+        model(x, model.sigmas[:3])
     scaled = ScoreModel(model.net, model.sigmas, scale_by_sigma=True)
-    assert torch.allclose(scaled(x, torch.tensor([2, 2])), by_level / model.sigmas[2])
+    assert torch.allclose(scaled(x, model.sigmas[[2, 5]]), by_level / model.sigmas[[2, 5]].view(-1, 1, 1, 1))
     with pytest.raises(ValueError, match="model.arch"):
         build_score_model(ModelConfig(arch="unet"))
 

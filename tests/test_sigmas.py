@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from ncsn import geometric_sigmas, sigma_to_level
+from ncsn import SigmaOffLadderError, geometric_sigmas, ladder_levels
 from ncsn.sigmas import max_pairwise_distance, ncsnv2_num_scales, ncsnv2_ratio, ncsnv2_step_criterion, ncsnv2_step_lr
 
 PAPER = [1.0, 0.5995, 0.3594, 0.2154, 0.1292, 0.0774, 0.0464, 0.0278, 0.0167, 0.01]
@@ -26,11 +26,13 @@ def test_ladder_device_dtype_and_bad_input():
         geometric_sigmas(0.01, 1.0, 10)
 
 
-def test_sigma_to_level_nearest_in_log_space():
+def test_ladder_levels_finds_each_sigma_and_refuses_the_rest():
     sigmas = geometric_sigmas(1.0, 0.01, 10)
-    assert sigma_to_level(sigmas, 1.0).item() == 0
-    assert sigma_to_level(sigmas, 0.01).item() == 9
-    assert sigma_to_level(sigmas, torch.tensor([0.6, 0.02, 5.0])).tolist() == [1, 8, 0]
+    assert ladder_levels(sigmas, sigmas[[0, 9, 3, 3]]).tolist() == [0, 9, 3, 3]
+    assert ladder_levels(sigmas, sigmas[[4]] * (1 - 9e-5)).tolist() == [4]
+    for off in (0.6, 0.02, 5.0, sigmas[4].item() * (1 + 2e-4)):
+        with pytest.raises(SigmaOffLadderError, match="not on this level-conditioned network's ladder"):
+            ladder_levels(sigmas, torch.tensor([1.0, off]))
 
 
 def test_ncsnv2_rules_reproduce_published_values():

@@ -75,18 +75,18 @@ def test_ssm_trains_a_linear_score_to_the_gaussian_score():
     assert torch.allclose(model.bias.detach(), precision @ mean, atol=0.2)
 
 
-def test_conditional_score_labels_and_no_grad_context():
+def test_conditional_score_sigmas_and_no_grad_context():
     seen = []
 
-    def score(x, labels):
-        seen.append(labels.clone())
-        return -x * (1.0 + labels.float()).unsqueeze(1)
+    def score(x, sigma):
+        seen.append(sigma.clone())
+        return -x * (1.0 + sigma).unsqueeze(1)
 
     x = torch.randn(5, 2)
-    labels = torch.arange(5)
+    labels = torch.arange(5).float()
     with torch.no_grad():
         losses = ssm_loss(
-            score, x, labels=labels, n_projections=2, projection="rademacher", variance_reduced=True,
+            score, x, sigma=labels, n_projections=2, projection="rademacher", variance_reduced=True,
             generator=torch.Generator(),
         )
     assert torch.equal(seen[0], labels.repeat(2))

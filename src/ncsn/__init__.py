@@ -4,7 +4,7 @@ from .losses import dsm_loss, ssm_loss
 from .nets import CondInstanceNormPlusPlus, CondRefineNetDilated
 from .sampling import annealed_langevin, per_example_generators, uniform_init
 from .score_model import ModelConfig, ScoreModel, build_score_model
-from .sigmas import geometric_sigmas, sigma_to_level
+from .sigmas import SigmaOffLadderError, geometric_sigmas, ladder_levels
 
 __version__ = "0.1.0"
 
@@ -13,12 +13,13 @@ __all__ = [
     "CondRefineNetDilated",
     "ModelConfig",
     "ScoreModel",
+    "SigmaOffLadderError",
     "annealed_langevin",
     "build_score_model",
     "dsm_loss",
     "geometric_sigmas",
+    "ladder_levels",
     "per_example_generators",
-    "sigma_to_level",
     "ssm_loss",
     "uniform_init",
 ]

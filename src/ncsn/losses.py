@@ -20,17 +20,19 @@ def dsm_loss(
 ) -> torch.Tensor:
     """Denoising score matching at one random level per example (SPEC §2).
 
-    loss_n = 1/2 * sum_dims (s(x~, i) + z / sigma_i)^2 * sigma_i^anneal_power, with x~ = x + sigma_i z.
-    ``labels`` fixes the level of each example; ``noise`` fixes z (both are drawn from ``generator`` otherwise).
+    loss_n = 1/2 * sum_dims (s(x~, sigma_i) + z / sigma_i)^2 * sigma_i^anneal_power, with x~ = x + sigma_i z.
+    ``score_fn(x~, sigma)`` gets one sigma per example. ``labels`` fixes the level of each example (positions in
+    ``sigmas``); ``noise`` fixes z (both are drawn from ``generator`` otherwise).
     """
     sigmas = sigmas.to(device=x.device, dtype=torch.float32)
     if labels is None:
         labels = torch.randint(0, len(sigmas), (x.shape[0],), device=x.device, generator=generator)
     if noise is None:
         noise = torch.randn(x.shape, device=x.device, dtype=torch.float32, generator=generator)
-    sigma = sigmas[labels].view(-1, *([1] * (x.dim() - 1)))
+    per_example = sigmas[labels]
+    sigma = per_example.view(-1, *([1] * (x.dim() - 1)))
     perturbed = x + sigma * noise
-    score = score_fn(perturbed, labels).float()
+    score = score_fn(perturbed, per_example).float()
     # sigma^p * (s + z/sigma)^2 == sigma^(p-2) * (sigma s + z)^2: one fused expression, no division by small sigma.
     residual = sigma * score + noise
     weight = sigma.flatten() ** (anneal_power - 2.0)
@@ -51,7 +53,7 @@ def _projection_vectors(shape, kind: str, generator, device) -> torch.Tensor:
 def ssm_loss(
     score_fn: Callable[..., torch.Tensor],
     x: torch.Tensor,
-    labels: torch.Tensor | None = None,
+    sigma: torch.Tensor | None = None,
     n_projections: int = 1,
     projection: str = "gaussian",
     variance_reduced: bool = False,
@@ -61,7 +63,8 @@ def ssm_loss(
     """Sliced score matching (Song et al. 2019), an unbiased estimate of E[1/2 ||s||^2 + tr(grad s)] per example.
 
     loss_n = mean over v of 1/2 (v^T s)^2 + v^T grad_x(v^T s); ``variance_reduced`` replaces 1/2 (v^T s)^2 by its
-    expectation 1/2 ||s||^2. ``score_fn(x)`` is called when ``labels`` is None, ``score_fn(x, labels)`` otherwise.
+    expectation 1/2 ||s||^2. ``score_fn(x)`` is called when ``sigma`` is None, ``score_fn(x, sigma)`` otherwise
+    (one noise level per example, as every score function takes it).
     ``projections`` fixes v (shape ``(n_projections, *x.shape)``); it is drawn from ``generator`` otherwise.
     The input gradient keeps its graph, so the result trains the model; it works under ``torch.no_grad`` too.
     """
@@ -77,10 +80,10 @@ def ssm_loss(
     vectors = projections.to(device=x.device, dtype=torch.float32).flatten(0, 1)
     with torch.enable_grad():
         repeated = x.detach().float().repeat(n_projections, *([1] * (x.dim() - 1))).requires_grad_(True)
-        if labels is None:
+        if sigma is None:
             score = score_fn(repeated)
         else:
-            score = score_fn(repeated, labels.repeat(n_projections))
+            score = score_fn(repeated, torch.as_tensor(sigma, dtype=torch.float32, device=x.device).repeat(n_projections))
         score = score.float()
         projected = (score * vectors).flatten(1).sum(dim=1)
         (grad_projected,) = torch.autograd.grad(projected.sum(), repeated, create_graph=True)

@@ -71,19 +71,19 @@ def prepare_model(model, options: RuntimeOptions, device, sampling: bool = False
 
 
 def score_function(model, options: RuntimeOptions, device):
-    """The sampler's ``score_fn(x, labels)``: the prepared network (or any score callable) under autocast.
+    """The sampler's ``score_fn(x, sigma)``: the prepared network (or any score callable) under autocast.
 
     The score comes back in the network's dtype; the sampler adds it into its float32 chain. channels_last left to
     us is settled at the first call, from the image size (``wants_channels_last``).
     """
     state = {}
 
-    def score(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def score(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if not state:
             last = wants_channels_last(options, x.device, x.shape[-1], training=False)
             state["format"] = torch.channels_last if last else torch.contiguous_format
             state["net"] = prepare_model(model, replace(options, channels_last=last), device, sampling=True)
         with autocast(options, x.device):
-            return state["net"](x.contiguous(memory_format=state["format"]), labels)
+            return state["net"](x.contiguous(memory_format=state["format"]), sigma)
 
     return score

@@ -75,7 +75,7 @@ def annealed_langevin(
 ) -> torch.Tensor:
     """Run Langevin at each level from the largest sigma down and return the final x (float32, unclamped).
 
-    ``score_fn(x, labels)`` gives the score at level indices ``labels``. ``callback(level, step, x)`` sees every
+    ``score_fn(x, sigma)`` gives the score at noise level ``sigma`` (float32, one per example). ``callback(level, step, x)`` sees every
     step (keep frames there; nothing is hoarded here). ``constraint(x, level, step)`` may edit x in place before
     each level (step = -1) and after every step; inpainting uses it to hold known pixels.
     ``denoise`` adds the final Tweedie step x + sigma_L^2 * s(x, L).
@@ -86,19 +86,20 @@ def annealed_langevin(
         raise ValueError(f"need n_steps_each >= 1 and step_lr > 0, got {n_steps_each} and {step_lr}")
     x = x.detach().to(torch.float32).clone()
     noise = torch.empty(x.shape, dtype=torch.float32, device=x.device)  # one buffer, refilled in place every step
-    labels = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+    sigma = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
+    levels = sigmas.detach().float().cpu()
     for level, alpha in enumerate(step_sizes(sigmas, step_lr)):
-        labels.fill_(level)
+        sigma.fill_(levels[level])
         if constraint is not None:
             constraint(x, level, -1)
         for step in range(n_steps_each):
             # a bf16 score is added into the float32 chain without a float32 copy; the arithmetic is float32
-            langevin_update(x, score_fn(x, labels), randn(x.shape, generator, out=noise), alpha, convention)
+            langevin_update(x, score_fn(x, sigma), randn(x.shape, generator, out=noise), alpha, convention)
             if constraint is not None:
                 constraint(x, level, step)
             if callback is not None:
                 callback(level, step, x)
     if denoise:
-        labels.fill_(len(sigmas) - 1)
-        x.add_(score_fn(x, labels).float(), alpha=float(sigmas[-1]) ** 2)
+        sigma.fill_(levels[-1])
+        x.add_(score_fn(x, sigma).float(), alpha=float(levels[-1]) ** 2)
     return x

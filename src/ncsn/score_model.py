@@ -1,4 +1,9 @@
-"""The wrapper that owns the noise ladder around a raw network: level indices, sigma lookup, optional 1/sigma."""
+"""The wrapper that owns the noise ladder around a raw network and speaks sigma to losses and samplers.
+
+Callers give one sigma per example; the wrapper decides how the network is conditioned: a level-conditioned network
+(NCSN v1) gets the index of that sigma on its ladder, and a sigma off the ladder is refused, never snapped; an
+unconditional network (NCSNv2) gets x alone and its output is divided by sigma, so any sigma > 0 works.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import torch
 from torch import nn
 
 from .nets import CondRefineNetDilated
-from .sigmas import geometric_sigmas, sigma_to_level
+from .sigmas import geometric_sigmas, ladder_levels
 
 ARCHITECTURES = {"ncsn_v1": CondRefineNetDilated}
 
@@ -26,35 +31,51 @@ class ModelConfig:
     scale_by_sigma: bool = False
 
 
-class ScoreModel(nn.Module):
-    """s(x, level) = net(x, level), divided by sigma_level when ``scale_by_sigma`` (the NCSNv2 conditioning).
+def _per_example(sigma, x: torch.Tensor) -> torch.Tensor:
+    """sigma as a float32 (N,) tensor on x's device (a float or 0-d tensor is broadcast to the batch)."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
+    if sigma.dim() == 0:
+        sigma = sigma.expand(x.shape[0])
+    if sigma.shape != (x.shape[0],):
+        raise ValueError(f"sigma must be a float or have shape ({x.shape[0]},), got {tuple(sigma.shape)}")
+    return sigma
 
-    ``forward(x, labels)`` is the score function the losses and samplers take; ``score_at_sigma`` looks up the
-    nearest level for a sigma value.
+
+class ScoreModel(nn.Module):
+    """s(x, sigma): the raw network conditioned the way it was trained, divided by sigma for σ-scaled models.
+
+    ``forward(x, sigma)`` is the score function losses and samplers call (sigma: float32, shape (N,)).
+    ``at_levels(x, labels)`` is the same score at ladder positions, for code that speaks level indices.
+    ``scale_by_sigma`` (NCSNv2's s = f(x)/sigma) is implied by an unconditional network and optional for v1.
     """
 
     def __init__(self, net: nn.Module, sigmas: torch.Tensor, scale_by_sigma: bool = False):
         super().__init__()
         self.net = net
         self.register_buffer("sigmas", sigmas.detach().clone().float())
+        self.level_conditioned = bool(getattr(net, "level_conditioned", True))
+        if not self.level_conditioned and not scale_by_sigma:
+            raise ValueError(f"{type(net).__name__} is unconditional: it needs scale_by_sigma=True (s = f(x)/sigma)")
         self.scale_by_sigma = scale_by_sigma
 
     @property
     def num_scales(self) -> int:
         return len(self.sigmas)
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        out = self.net(x, labels)
-        if self.scale_by_sigma:
-            out = out / self.sigmas[labels].to(out.dtype).view(-1, *([1] * (out.dim() - 1)))
+    def levels_of(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Ladder index of each sigma; a sigma that is not on the ladder (rel. tol. 1e-4) is an error."""
+        return ladder_levels(self.sigmas, sigma)
+
+    def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        sigma = _per_example(sigma, x)
+        out = self.net(x, self.levels_of(sigma)) if self.level_conditioned else self.net(x)
+        if self.scale_by_sigma:  # divided in float32 whatever the network's precision, then back to its dtype
+            out = (out.float() / sigma.view(-1, *([1] * (out.dim() - 1)))).to(out.dtype)
         return out
 
-    def score_at_sigma(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        """Score at the ladder level nearest to ``sigma`` (a float or one value per example)."""
-        levels = sigma_to_level(self.sigmas, sigma).to(x.device)
-        if levels.dim() == 0:
-            levels = levels.expand(x.shape[0])
-        return self(x, levels)
+    def at_levels(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The score at ladder positions ``labels`` (int64, one per example)."""
+        return self(x, self.sigmas[labels.to(self.sigmas.device)].to(x.device))
 
 
 def build_score_model(config: ModelConfig) -> ScoreModel:
@@ -64,4 +85,3 @@ def build_score_model(config: ModelConfig) -> ScoreModel:
     net = ARCHITECTURES[config.arch](config.in_channels, config.ngf, config.num_scales)
     sigmas = geometric_sigmas(config.sigma_max, config.sigma_min, config.num_scales)
     return ScoreModel(net, sigmas, config.scale_by_sigma)
-

@@ -25,11 +25,31 @@ def geometric_sigmas(sigma_max: float, sigma_min: float, num_scales: int, device
     return ladder.to(device=device, dtype=dtype or torch.float32)
 
 
-def sigma_to_level(sigmas: torch.Tensor, sigma) -> torch.Tensor:
-    """Index of the ladder level nearest to each sigma (in log space), as int64."""
-    sigma = torch.as_tensor(sigma, device=sigmas.device, dtype=torch.float64)
-    dist = (sigma.log().unsqueeze(-1) - sigmas.double().log()).abs()
-    return dist.argmin(dim=-1)
+class SigmaOffLadderError(ValueError):
+    """A level-conditioned network was asked for a sigma it was not trained on."""
+
+
+def ladder_levels(sigmas: torch.Tensor, sigma: torch.Tensor, rtol: float = 1e-4) -> torch.Tensor:
+    """Ladder index of each sigma (int64, on sigma's device); every sigma must be on the ladder within ``rtol``.
+
+    This is what a level-conditioned (v1) network needs: a sigma between two levels has no index, so it is refused
+    with a message naming it and the ladder instead of being rounded to a neighbour. On CUDA the check runs on the
+    device (no host sync); it fails there as a device-side assertion.
+    """
+    ladder = sigmas.to(device=sigma.device, dtype=torch.float32)
+    rel = (sigma.float().unsqueeze(-1) - ladder).abs() / ladder
+    err, levels = rel.min(dim=-1)
+    if not sigma.is_cuda:
+        worst = int(err.argmax()) if err.numel() else 0
+        if err.numel() and float(err[worst]) > rtol:
+            shown = ", ".join(f"{v:.4g}" for v in ladder.tolist())
+            raise SigmaOffLadderError(
+                f"sigma {float(sigma[worst]):.6g} is not on this level-conditioned network's ladder [{shown}]: "
+                "sample on its own ladder (ald or pc), or use a sigma-scaled network (NCSNv2) for other sigmas"
+            )
+    else:
+        torch._assert_async((err <= rtol).all(), "sigma is not on the level-conditioned network's ladder")
+    return levels
 
 
 def max_pairwise_distance(data: torch.Tensor, max_points: int = 10_000, generator=None) -> float:

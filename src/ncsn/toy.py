@@ -108,7 +108,7 @@ def plain_langevin(
     """
     one_level = torch.ones(1, device=x.device)
     return annealed_langevin(
-        lambda points, _labels: score_fn(points), x, one_level, n_steps, step_size,
+        lambda points, _sigma: score_fn(points), x, one_level, n_steps, step_size,
         convention=convention, generator=generator,
     )
 
@@ -126,10 +126,8 @@ def annealed_mixture_langevin(
     sigma_i at level i, as in SPEC §7 and the reference toy code. A ladder ending at the mixture's own std therefore
     ends on the exact data score. (The noise-perturbed mixture would have std sqrt(1 + sigma_i^2) and end too wide.)
     """
-    sigmas = sigmas.to(x.device)
-
-    def level_score(points: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return mixture.score(points, sigmas[labels].to(points.dtype))
+    def level_score(points: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return mixture.score(points, sigma.to(points.dtype))
 
     return annealed_langevin(
         level_score, x, sigmas, n_steps_each, step_lr, convention=convention, generator=generator
@@ -193,7 +191,7 @@ def score_matching_loss(
         return ssm_loss(score_fn, x, variance_reduced=True, generator=generator)
     if method == "dsm":
         one_level = torch.tensor([dsm_sigma], device=x.device)
-        return dsm_loss(lambda points, _labels: score_fn(points), x, one_level, generator=generator)
+        return dsm_loss(lambda points, _sigma: score_fn(points), x, one_level, generator=generator)
     raise ValueError(f"method must be one of {SCORE_METHODS}, got {method!r}")
 
 
