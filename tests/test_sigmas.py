@@ -45,7 +45,17 @@ def test_ncsnv2_rules_reproduce_published_values():
     assert 1.0 < ncsnv2_ratio(3072) < gamma_v1
 
 
-def test_max_pairwise_distance():
+def test_max_pairwise_distance_equals_brute_force_and_subsamples_by_seed():
     pts = torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 1.0]])
-    assert max_pairwise_distance(pts) == pytest.approx(5.0)
-    assert max_pairwise_distance(torch.eye(4)) == pytest.approx(math.sqrt(2))
+    assert max_pairwise_distance(pts) == (pytest.approx(5.0), (0, 1))
+    assert max_pairwise_distance(torch.eye(4))[0] == pytest.approx(math.sqrt(2))
+    data = torch.rand(300, 1, 4, 5, generator=torch.Generator().manual_seed(0))
+    flat = data.flatten(1).double()
+    brute = max((flat[i] - flat[j]).norm().item() for i in range(300) for j in range(i + 1, 300))
+    best, (i, j) = max_pairwise_distance(data, chunk=7)  # chunks of 7 rows: the maximum is found across chunks
+    assert best == pytest.approx(brute, rel=1e-12) and (flat[i] - flat[j]).norm().item() == best
+    sub = max_pairwise_distance(data, max_points=50, seed=1)
+    assert sub == max_pairwise_distance(data, max_points=50, seed=1) and sub != max_pairwise_distance(data, 50, seed=2)
+    assert sub[0] <= best
+    with pytest.raises(ValueError, match="two points"):
+        max_pairwise_distance(data[:1])
