@@ -92,9 +92,14 @@ def test_demo_trains_samples_and_scores(tmp_path):
     result = run("demo", "--workdir", tmp_path, "--n", 20, "--device", "cpu", *[f"--set={s}" for s in TINY])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "demo.json").read_text())
-    assert report["n_samples"] == 20 and len(report["class_shares"]) == 10
-    assert abs(sum(report["class_shares"]) - 1) < 1e-6 and 0.9 < report["real_accuracy"] <= 1.0
-    assert (tmp_path / "samples_final" / "grid.png").is_file()
+    assert report["samples"]["n"] == 20 and len(report["class_shares"]) == 10
+    assert abs(sum(report["class_shares"]) - 1) < 1e-6 and report["real_test"]["classifier_test_accuracy"] > 0.9
+    assert set(report["baselines"]) == {"gmm_10", "gmm_30"} and report["baselines"]["gmm_30"]["n"] == 20
+    assert report["real_test"]["cfid_at_test_n"] < report["baselines"]["gmm_10"]["cfid"]  # real digits beat a GMM
+    assert report["beats_baselines"] == all(report["samples"]["cfid"] < b["cfid"] for b in report["baselines"].values())
+    assert "Gaussian mixture, 30 components" in result.output and "real held-out digits" in result.output
+    assert report["train_steps"] == 4 and report["train_images_per_s"] > 0
+    assert (tmp_path / "samples_final" / "grid.png").is_file() and (tmp_path / "samples_final" / "nn.png").is_file()
     rerun = run("demo", "--workdir", tmp_path, "--n", 20, "--device", "cpu", *[f"--set={s}" for s in TINY])
     assert rerun.exit_code == 0 and json.loads((tmp_path / "demo.json").read_text())["class_shares"] == report[
         "class_shares"]

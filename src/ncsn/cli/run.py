@@ -209,7 +209,7 @@ def export_command(workdir, checkpoint, ema, out):
 @user_errors
 def demo_command(workdir, n, seed, device, overrides):
     """Train the `digits` config (a few minutes on two CPU cores), sample digits and score them with a classifier."""
-    from ..evaluation import digits_quality
+    from ..demo import demo_report, format_report
 
     workdir = Path(workdir)
     config = load_config("digits", overrides)
@@ -222,12 +222,21 @@ def demo_command(workdir, n, seed, device, overrides):
     model, config, info = load_score_model(workdir, device=dist_info.device)
     summary = sample_to_folder(model, config, info, n, seed, workdir / "samples_final", dist_info, progression=True)
     samples = np.load(workdir / "samples_final" / "samples.npz")["samples"]
-    quality = digits_quality(samples)
-    report = {"train_seconds": train_seconds, "sample_seconds": summary["seconds"], **quality}
+    quality = demo_report(samples, config.data, workdir / "samples_final", seed=seed)
+    speeds = [row["images_per_s"] for row in _metrics_rows(workdir) if "images_per_s" in row]
+    report = {"train_seconds": train_seconds, "train_steps": config.training.n_iters,
+              "train_images_per_s": float(np.median(speeds)) if speeds else None,
+              "sample_seconds": summary["seconds"], "sampling": summary, **quality}
     (workdir / "demo.json").write_text(json.dumps(report, indent=2))
+    rate = f" ({report['train_images_per_s']:.0f} images/s)" if speeds else ""
     click.echo(
-        f"demo: trained in {train_seconds:.0f}s, sampled {n} digits in {summary['seconds']:.0f}s\n"
-        f"classifier confidence: samples {quality['sample_confidence']:.3f} vs real held-out "
-        f"{quality['real_confidence']:.3f}; class shares {quality['class_shares']}\n"
-        f"grid: {workdir / 'samples_final' / 'grid.png'}  report: {workdir / 'demo.json'}"
+        f"demo: trained {config.training.n_iters} steps in {train_seconds:.0f}s{rate}, sampled {n} digits in "
+        f"{summary['seconds']:.0f}s\n{format_report(quality)}\n"
+        f"grid: {workdir / 'samples_final' / 'grid.png'}  nearest neighbours: {quality['nn_png']}  "
+        f"report: {workdir / 'demo.json'}"
     )
+
+
+def _metrics_rows(workdir: Path) -> list[dict]:
+    path = workdir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
