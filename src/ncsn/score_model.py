@@ -12,10 +12,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .nets import CondRefineNetDilated
+from .nets import CondRefineNetDilated, NCSNv2, NCSNv2Deeper, NCSNv2Deepest
 from .sigmas import geometric_sigmas, ladder_levels
 
-ARCHITECTURES = {"ncsn_v1": CondRefineNetDilated}
+ARCHITECTURES = {
+    "ncsn_v1": CondRefineNetDilated,
+    "ncsnv2": NCSNv2,
+    "ncsnv2_deeper": NCSNv2Deeper,
+    "ncsnv2_deepest": NCSNv2Deepest,
+}
 
 
 @dataclass
@@ -82,6 +87,10 @@ def build_score_model(config: ModelConfig) -> ScoreModel:
     """Build the network and the ladder a ModelConfig describes (fresh initialisation)."""
     if config.arch not in ARCHITECTURES:
         raise ValueError(f"model.arch: unknown architecture {config.arch!r}; choose from {sorted(ARCHITECTURES)}")
-    net = ARCHITECTURES[config.arch](config.in_channels, config.ngf, config.num_scales)
+    cls = ARCHITECTURES[config.arch]
+    if cls.level_conditioned:
+        net = cls(config.in_channels, config.ngf, config.num_scales)
+    else:
+        net = cls(config.in_channels, config.ngf)
     sigmas = geometric_sigmas(config.sigma_max, config.sigma_min, config.num_scales)
-    return ScoreModel(net, sigmas, config.scale_by_sigma)
+    return ScoreModel(net, sigmas, config.scale_by_sigma or not cls.level_conditioned)

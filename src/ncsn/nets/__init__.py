@@ -1,6 +1,14 @@
 """Score networks and their layers."""
 
-from .layers import CondInstanceNormPlusPlus
+from .layers import CondInstanceNormPlusPlus, InstanceNormPlusPlus
+from .ncsnv2 import NCSNv2, NCSNv2Deeper, NCSNv2Deepest
 from .refinenet import CondRefineNetDilated
 
-__all__ = ["CondInstanceNormPlusPlus", "CondRefineNetDilated"]
+__all__ = [
+    "CondInstanceNormPlusPlus",
+    "CondRefineNetDilated",
+    "InstanceNormPlusPlus",
+    "NCSNv2",
+    "NCSNv2Deeper",
+    "NCSNv2Deepest",
+]

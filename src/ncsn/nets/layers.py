@@ -1,16 +1,22 @@
-"""Building blocks of the paper's CondRefineNetDilated (SPEC §3).
+"""Building blocks of the RefineNet score networks: NCSN's CondRefineNetDilated (SPEC §3) and NCSNv2's three.
 
 Attribute names follow the official checkpoints, so their state_dicts load by name into these modules.
-Every block takes ``(x, y)`` where ``y`` holds one noise-level index per example.
+Every block takes ``(x, y)``: ``y`` holds one noise-level index per example for the level-conditioned norm and is
+None for the unconditional one. A network picks its norm as a factory ``norm(channels) -> module``; the refine
+blocks take ``norm=None`` for "no norms" (NCSNv2) and a pooling kind for the chained residual pooling.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .cond_norm import cond_instance_norm
+
+Norm = Callable[[int], nn.Module]
 
 
 def conv3x3(in_ch: int, out_ch: int, bias: bool = True, dilation: int = 1) -> nn.Conv2d:
@@ -39,6 +45,26 @@ class CondInstanceNormPlusPlus(nn.Module):
         return cond_instance_norm(x, gamma, alpha, beta, activation)
 
 
+class InstanceNormPlusPlus(nn.Module):
+    """InstanceNorm++ without conditioning (NCSNv2): one per-channel alpha, gamma ~ N(1, 0.02) and beta = 0.
+
+    The same arithmetic as the conditional norm with the parameters shared by every example; ``y`` is ignored,
+    so the blocks take either norm.
+    """
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+        self.alpha = nn.Parameter(torch.empty(num_features).normal_(1.0, 0.02))
+        self.gamma = nn.Parameter(torch.empty(num_features).normal_(1.0, 0.02))
+        self.beta = nn.Parameter(torch.zeros(num_features))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, activation: bool = False) -> torch.Tensor:
+        n = x.shape[0]
+        gamma, alpha, beta = (p.expand(n, -1) for p in (self.gamma, self.alpha, self.beta))
+        return cond_instance_norm(x, gamma, alpha, beta, activation)
+
+
 class ConvMeanPool(nn.Module):
     """Convolution (same padding) followed by 2x2 mean pooling: the downsampling of res2.
 
@@ -60,19 +86,22 @@ class ConvMeanPool(nn.Module):
         return F.conv2d(x, pooled, self.conv.bias, stride=2, padding=self.conv.padding)
 
 
-class CondResidualBlock(nn.Module):
+
+
+class ResidualBlock(nn.Module):
     """Pre-activation residual block: norm -> ELU -> conv -> norm -> ELU -> conv, plus shortcut.
 
     ``down`` with no dilation halves the resolution (conv-then-mean-pool); ``down`` with a dilation keeps the size
-    and only gives the block a dilated 3x3 shortcut conv, as in the reference network.
+    and only gives the block a dilated 3x3 shortcut conv, as in the reference networks. (Their 28-px
+    "adjust_padding" case only touches the undilated branch, which no 28-px stage uses, so it has no counterpart.)
     """
 
-    def __init__(self, in_ch: int, out_ch: int, num_classes: int, down: bool = False, dilation: int = 1):
+    def __init__(self, in_ch: int, out_ch: int, norm: Norm, down: bool = False, dilation: int = 1):
         super().__init__()
-        self.normalize1 = CondInstanceNormPlusPlus(in_ch, num_classes)
+        self.normalize1 = norm(in_ch)
         if down:
             self.conv1 = conv3x3(in_ch, in_ch, dilation=dilation)
-            self.normalize2 = CondInstanceNormPlusPlus(in_ch, num_classes)
+            self.normalize2 = norm(in_ch)
             if dilation > 1:
                 self.conv2 = conv3x3(in_ch, out_ch, dilation=dilation)
                 self.shortcut = conv3x3(in_ch, out_ch, dilation=dilation)
@@ -81,51 +110,58 @@ class CondResidualBlock(nn.Module):
                 self.shortcut = ConvMeanPool(in_ch, out_ch, 1)
         else:
             self.conv1 = conv3x3(in_ch, out_ch, dilation=dilation)
-            self.normalize2 = CondInstanceNormPlusPlus(out_ch, num_classes)
+            self.normalize2 = norm(out_ch)
             self.conv2 = conv3x3(out_ch, out_ch, dilation=dilation)
             if in_ch != out_ch:
                 self.shortcut = conv3x3(in_ch, out_ch, dilation=dilation) if dilation > 1 else nn.Conv2d(in_ch, out_ch, 1)
             else:
                 self.shortcut = None
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         h = self.conv1(self.normalize1(x, y, activation=True))
         h = self.conv2(self.normalize2(h, y, activation=True))
         return h.add_(x if self.shortcut is None else self.shortcut(x))  # conv outputs are not saved for backward
 
 
-class CondRCUBlock(nn.Module):
-    """Residual conv unit: n_blocks residual blocks of n_stages (norm -> ELU -> bias-free conv3x3)."""
+def _norm_elu(norm: nn.Module | None, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    """norm then ELU (fused), or ELU alone where the block has no norms."""
+    return F.elu(x) if norm is None else norm(x, y, activation=True)
 
-    def __init__(self, features: int, n_blocks: int, n_stages: int, num_classes: int):
+
+class RCUBlock(nn.Module):
+    """Residual conv unit: n_blocks residual blocks of n_stages ([norm] -> ELU -> bias-free conv3x3)."""
+
+    def __init__(self, features: int, n_blocks: int, n_stages: int, norm: Norm | None):
         super().__init__()
-        self.n_blocks, self.n_stages = n_blocks, n_stages
+        self.n_blocks, self.n_stages, self.has_norms = n_blocks, n_stages, norm is not None
         for i in range(1, n_blocks + 1):
             for j in range(1, n_stages + 1):
-                setattr(self, f"{i}_{j}_norm", CondInstanceNormPlusPlus(features, num_classes))
+                if norm is not None:
+                    setattr(self, f"{i}_{j}_norm", norm(features))
                 setattr(self, f"{i}_{j}_conv", conv3x3(features, features, bias=False))
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         for i in range(1, self.n_blocks + 1):
             residual = x
             for j in range(1, self.n_stages + 1):
-                x = getattr(self, f"{i}_{j}_conv")(getattr(self, f"{i}_{j}_norm")(x, y, activation=True))
+                norm = getattr(self, f"{i}_{j}_norm") if self.has_norms else None
+                x = getattr(self, f"{i}_{j}_conv")(_norm_elu(norm, x, y))
             x = x.add_(residual)
         return x
 
 
-class CondMSFBlock(nn.Module):
-    """Multi-resolution fusion: norm -> conv3x3 (with bias) per input, bilinear resize to one size, then sum."""
+class MSFBlock(nn.Module):
+    """Multi-resolution fusion: [norm ->] conv3x3 (with bias) per input, bilinear resize to one size, then sum."""
 
-    def __init__(self, in_planes: list[int], features: int, num_classes: int):
+    def __init__(self, in_planes: list[int], features: int, norm: Norm | None):
         super().__init__()
         self.convs = nn.ModuleList(conv3x3(c, features, bias=True) for c in in_planes)
-        self.norms = nn.ModuleList(CondInstanceNormPlusPlus(c, num_classes) for c in in_planes)
+        self.norms = None if norm is None else nn.ModuleList(norm(c) for c in in_planes)
 
-    def forward(self, xs: list[torch.Tensor], y: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    def forward(self, xs: list[torch.Tensor], y: torch.Tensor | None, shape: tuple[int, int]) -> torch.Tensor:
         total = None
-        for x, norm, conv in zip(xs, self.norms, self.convs):
-            h = conv(norm(x, y))
+        for i, (x, conv) in enumerate(zip(xs, self.convs)):
+            h = conv(x if self.norms is None else self.norms[i](x, y))
             if tuple(h.shape[-2:]) != tuple(shape):
                 h = F.interpolate(h, size=shape, mode="bilinear", align_corners=True)
             total = h if total is None else total.add_(h)
@@ -143,35 +179,46 @@ def mean_pool5(x: torch.Tensor) -> torch.Tensor:
     return F.conv2d(x, taps.transpose(2, 3), padding=(0, 2), groups=c)
 
 
-class CondCRPBlock(nn.Module):
-    """Chained residual pooling: ELU, then n_stages of norm -> 5x5 average pool -> bias-free conv, each summed in."""
+def max_pool5(x: torch.Tensor) -> torch.Tensor:
+    """5x5 stride-1 max pool, padding 2 (the padding never wins): NCSNv2's chained residual pooling."""
+    return F.max_pool2d(x, 5, stride=1, padding=2)
 
-    def __init__(self, features: int, n_stages: int, num_classes: int):
+
+POOLS = {"mean": mean_pool5, "max": max_pool5}
+
+
+class CRPBlock(nn.Module):
+    """Chained residual pooling: ELU, then n_stages of [norm ->] 5x5 pool -> bias-free conv, each summed in."""
+
+    def __init__(self, features: int, n_stages: int, norm: Norm | None, pool: str = "mean"):
         super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {sorted(POOLS)}, got {pool!r}")
         self.act = nn.ELU()
+        self.pool = POOLS[pool]
         self.convs = nn.ModuleList(conv3x3(features, features, bias=False) for _ in range(n_stages))
-        self.norms = nn.ModuleList(CondInstanceNormPlusPlus(features, num_classes) for _ in range(n_stages))
+        self.norms = None if norm is None else nn.ModuleList(norm(features) for _ in range(n_stages))
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         x = self.act(x)
         path = x
-        for norm, conv in zip(self.norms, self.convs):
-            path = conv(mean_pool5(norm(path, y)))
+        for i, conv in enumerate(self.convs):
+            path = conv(self.pool(path if self.norms is None else self.norms[i](path, y)))
             x = path + x
         return x
 
 
-class CondRefineBlock(nn.Module):
+class RefineBlock(nn.Module):
     """RefineNet block: an RCU per input, fusion of several inputs, chained residual pooling, output RCU."""
 
-    def __init__(self, in_planes: list[int], features: int, num_classes: int, end: bool = False):
+    def __init__(self, in_planes: list[int], features: int, norm: Norm | None, pool: str = "mean", end: bool = False):
         super().__init__()
-        self.adapt_convs = nn.ModuleList(CondRCUBlock(c, 2, 2, num_classes) for c in in_planes)
-        self.output_convs = CondRCUBlock(features, 3 if end else 1, 2, num_classes)
-        self.msf = CondMSFBlock(in_planes, features, num_classes) if len(in_planes) > 1 else None
-        self.crp = CondCRPBlock(features, 2, num_classes)
+        self.adapt_convs = nn.ModuleList(RCUBlock(c, 2, 2, norm) for c in in_planes)
+        self.output_convs = RCUBlock(features, 3 if end else 1, 2, norm)
+        self.msf = MSFBlock(in_planes, features, norm) if len(in_planes) > 1 else None
+        self.crp = CRPBlock(features, 2, norm, pool)
 
-    def forward(self, xs: list[torch.Tensor], y: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    def forward(self, xs: list[torch.Tensor], y: torch.Tensor | None, shape: tuple[int, int]) -> torch.Tensor:
         hs = [adapt(x, y) for adapt, x in zip(self.adapt_convs, xs)]
         h = hs[0] if self.msf is None else self.msf(hs, y, shape)
         return self.output_convs(self.crp(h, y), y)

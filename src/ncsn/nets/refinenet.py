@@ -1,67 +1,106 @@
-"""CondRefineNetDilated: the noise-conditional score network of Song & Ermon (2019), SPEC §3."""
+"""The RefineNet score network as a table of encoder stages, and the paper's CondRefineNetDilated (SPEC §3)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
 
-from .layers import CondInstanceNormPlusPlus, CondRefineBlock, CondResidualBlock
+from .layers import CondInstanceNormPlusPlus, Norm, RefineBlock, ResidualBlock
 
 
-class CondRefineNetDilated(nn.Module):
-    """The paper's network: maps images in [0, 1] and level indices to raw scores of the same shape.
+@dataclass(frozen=True)
+class Stage:
+    """One encoder stage (two residual blocks) and the refine block that decodes it; names are checkpoint names."""
 
-    Encoder: four stages of two residual blocks (only res2 halves the resolution; res3/res4 are dilated).
-    Decoder: four RefineNet blocks back to full resolution. Input is fed as 2x - 1; the output is not divided
-    by sigma (that is the wrapper's business). Any even image size works (8, 16, 28, 32, 64).
+    name: str  # the encoder's attribute, e.g. "res2"
+    refine: str  # the decoder's attribute for this stage's skip connection, e.g. "refine3"
+    mult: int  # channels = mult * ngf
+    down: bool = False  # the first block is a "down" block (halves the size unless dilated)
+    dilation: int = 1
+
+
+# NCSN's encoder: only res2 halves the size; res3/res4 are "down" blocks that dilate instead.
+NCSN_STAGES = (
+    Stage("res1", "refine4", 1),
+    Stage("res2", "refine3", 2, down=True),
+    Stage("res3", "refine2", 2, down=True, dilation=2),
+    Stage("res4", "refine1", 2, down=True, dilation=4),
+)
+
+
+class RefineNet(nn.Module):
+    """begin conv -> encoder stages -> one refine block per stage, deepest first -> norm -> ELU -> end conv.
+
+    The refine block of a stage fuses that stage's output with the deeper refine output and has as many
+    channels as the next shallower stage (ngf at the top). Input is fed as 2x - 1; the output is not divided by
+    sigma (that is the wrapper's business). ``norm`` builds every norm; ``refine_norms=False`` leaves the refine
+    blocks without norms and ``pool`` picks the chained residual pooling ("mean" or "max").
     """
 
-    def __init__(self, in_channels: int = 3, ngf: int = 128, num_classes: int = 10):
+    level_conditioned = False
+
+    def __init__(self, in_channels: int, ngf: int, stages: tuple[Stage, ...], norm: Norm, refine_norms: bool,
+                 pool: str):
         super().__init__()
-        self.in_channels, self.ngf, self.num_classes = in_channels, ngf, num_classes
+        self.in_channels, self.ngf, self.stages = in_channels, ngf, stages
+        self.size_multiple = 2 ** sum(s.down and s.dilation == 1 for s in stages)
         self.begin_conv = nn.Conv2d(in_channels, ngf, 3, padding=1)
-        self.normalizer = CondInstanceNormPlusPlus(ngf, num_classes)
+        self.normalizer = norm(ngf)
         self.end_conv = nn.Conv2d(ngf, in_channels, 3, padding=1)
-        g2 = 2 * ngf
-        self.res1 = nn.ModuleList([CondResidualBlock(ngf, ngf, num_classes), CondResidualBlock(ngf, ngf, num_classes)])
-        self.res2 = nn.ModuleList(
-            [CondResidualBlock(ngf, g2, num_classes, down=True), CondResidualBlock(g2, g2, num_classes)]
-        )
-        self.res3 = nn.ModuleList(
-            [
-                CondResidualBlock(g2, g2, num_classes, down=True, dilation=2),
-                CondResidualBlock(g2, g2, num_classes, dilation=2),
-            ]
-        )
-        self.res4 = nn.ModuleList(
-            [
-                CondResidualBlock(g2, g2, num_classes, down=True, dilation=4),
-                CondResidualBlock(g2, g2, num_classes, dilation=4),
-            ]
-        )
-        self.refine1 = CondRefineBlock([g2], g2, num_classes)
-        self.refine2 = CondRefineBlock([g2, g2], g2, num_classes)
-        self.refine3 = CondRefineBlock([g2, g2], ngf, num_classes)
-        self.refine4 = CondRefineBlock([ngf, ngf], ngf, num_classes, end=True)
+        prev = ngf
+        for s in stages:
+            ch = s.mult * ngf
+            blocks = [ResidualBlock(prev, ch, norm, down=s.down, dilation=s.dilation),
+                      ResidualBlock(ch, ch, norm, dilation=s.dilation)]
+            setattr(self, s.name, nn.ModuleList(blocks))
+            prev = ch
+        refine_norm = norm if refine_norms else None
+        widths = [s.mult * ngf for s in stages]
+        for i in reversed(range(len(stages))):
+            deepest, top = i == len(stages) - 1, i == 0
+            in_planes = [widths[i]] if deepest else [widths[i], widths[i]]
+            out = ngf if top else widths[i - 1]
+            setattr(self, stages[i].refine, RefineBlock(in_planes, out, refine_norm, pool, end=top))
 
-    @staticmethod
-    def _stage(blocks: nn.ModuleList, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        for block in blocks:
-            x = block(x, y)
-        return x
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected images of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        if x.shape[-1] % 2 or x.shape[-2] % 2:
-            raise ValueError(f"image height and width must be even, got {tuple(x.shape[-2:])}")
+        m = self.size_multiple
+        if x.shape[-1] % m or x.shape[-2] % m:
+            need = "even" if m == 2 else f"multiples of {m} for {type(self).__name__}"
+            raise ValueError(f"image height and width must be {need}, got {tuple(x.shape[-2:])}")
+
+    def features(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """The raw network output for images x in [0, 1] (y: level indices, or None for unconditional norms)."""
+        self.check_input(x)
         h = self.begin_conv(2 * x - 1)
-        layer1 = self._stage(self.res1, h, y)
-        layer2 = self._stage(self.res2, layer1, y)
-        layer3 = self._stage(self.res3, layer2, y)
-        layer4 = self._stage(self.res4, layer3, y)
-        ref1 = self.refine1([layer4], y, layer4.shape[-2:])
-        ref2 = self.refine2([layer3, ref1], y, layer3.shape[-2:])
-        ref3 = self.refine3([layer2, ref2], y, layer2.shape[-2:])
-        out = self.refine4([layer1, ref3], y, layer1.shape[-2:])
+        skips = []
+        for s in self.stages:
+            for block in getattr(self, s.name):
+                h = block(h, y)
+            skips.append(h)
+        out = None
+        for s, skip in zip(reversed(self.stages), reversed(skips)):
+            out = getattr(self, s.refine)([skip] if out is None else [skip, out], y, skip.shape[-2:])
         return self.end_conv(self.normalizer(out, y, activation=True))
+
+
+class CondRefineNetDilated(RefineNet):
+    """The paper's network: maps images in [0, 1] and level indices to raw scores of the same shape.
+
+    CondInstanceNorm++ everywhere (refine blocks included), mean pooling in the chained residual pooling. Any
+    even image size works (8, 16, 28, 32, 64).
+    """
+
+    level_conditioned = True
+
+    def __init__(self, in_channels: int = 3, ngf: int = 128, num_classes: int = 10):
+        super().__init__(in_channels, ngf, NCSN_STAGES, partial(CondInstanceNormPlusPlus, num_classes=num_classes),
+                         refine_norms=True, pool="mean")
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.features(x, y)
