@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from ncsn import CondRefineNetDilated, build_score_model
+from ncsn import build_score_model
 from ncsn.checkpoint import (
     CheckpointError,
     atomic_save,
@@ -75,21 +75,6 @@ def test_bad_files_give_one_clear_line(tmp_path):
     tiny_checkpoint(no_ema, ema=False)
     with pytest.raises(CheckpointError, match="no EMA weights"):
         load_score_model(no_ema, ema=True)
-
-
-def test_official_v1_checkpoint_loads_by_name(tmp_path):
-    torch.manual_seed(0)
-    net = CondRefineNetDilated(3, 8, 10)
-    official = [{f"module.{k}": v for k, v in net.state_dict().items()}, {"state": {}, "param_groups": []}]
-    torch.save(official, tmp_path / "checkpoint.pth")
-    model, config, info = load_score_model(tmp_path / "checkpoint.pth")
-    assert info["weights"] == "official-v1" and config.data.dataset == "cifar10" and config.model.ngf == 8
-    x, y = torch.rand(2, 3, 32, 32), torch.tensor([0, 5])
-    assert torch.equal(model.at_levels(x, y), net(x, y))
-    v2 = [{**official[0], "module.sigmas": torch.ones(10)}, {}, 0, 0, {}]
-    torch.save(v2, tmp_path / "v2.pth")
-    with pytest.raises(CheckpointError, match="NCSNv2"):
-        load_score_model(tmp_path / "v2.pth")
 
 
 def test_slim_export_round_trip(tmp_path):

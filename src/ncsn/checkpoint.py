@@ -16,8 +16,7 @@ from pathlib import Path
 import torch
 
 from .config import ConfigError, RunConfig, from_dict, to_dict
-from .data import DataConfig
-from .score_model import ModelConfig, ScoreModel, build_score_model
+from .score_model import ScoreModel, build_score_model
 
 FORMAT = "ncsn-checkpoint-1"
 EXPORT_FORMAT = "ncsn-export-1"
@@ -132,11 +131,15 @@ def _describe(obj) -> str:
     return type(obj).__name__
 
 
-def export_slim(source: str | Path, out_dir: str | Path, ema: bool | None = None) -> Path:
-    """Write model.safetensors + config.json (the resolved run config and which weights) for sampling."""
+def export_slim(source: str | Path, out_dir: str | Path, ema: bool | None = None, dataset: str | None = None,
+                image_size: int | None = None) -> Path:
+    """Write model.safetensors + config.json (the resolved run config and which weights) for sampling.
+
+    An official checkpoint needs ``dataset`` (and ``image_size`` where ambiguous); the export then records them.
+    """
     from safetensors.torch import save_file
 
-    model, config, info = load_score_model(source, ema=ema)
+    model, config, info = load_score_model(source, ema=ema, dataset=dataset, image_size=image_size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -148,54 +151,60 @@ def export_slim(source: str | Path, out_dir: str | Path, ema: bool | None = None
     return out
 
 
-def _model_from_state(config: RunConfig, state_dict: dict, source, network_only: bool = False) -> ScoreModel:
-    """Build the model the config describes and load weights strictly (the raw network's only, if asked)."""
+def _model_from_state(config: RunConfig, state_dict: dict, source) -> ScoreModel:
+    """Build the model the config describes and load weights strictly."""
     model = build_score_model(config.model)
     try:
-        (model.net if network_only else model).load_state_dict(state_dict, strict=True)
+        model.load_state_dict(state_dict, strict=True)
     except RuntimeError as err:
         detail = " ".join(line.strip() for line in str(err).splitlines()[1:])[:200]
         raise CheckpointError(f"{source}: weights do not fit the model its config describes ({detail})") from None
     return model
 
 
-def _official_v1(state: list, source) -> tuple[ScoreModel, RunConfig, dict]:
-    """The original NCSN release: [model_state_dict (DataParallel 'module.' names), optimizer_state_dict]."""
-    weights = {k.removeprefix("module."): v for k, v in state[0].items()}
-    if "sigmas" in weights or "normalizer.embed.weight" not in weights:
-        raise CheckpointError(
-            f"{source}: an NCSNv2 checkpoint (unconditional network with a sigmas buffer); only NCSN v1 weights load here"
-        )
-    ngf, channels = weights["begin_conv.weight"].shape[:2]
-    levels = weights["normalizer.embed.weight"].shape[0]
-    dataset, size = ("cifar10", 32) if channels == 3 else ("mnist", 28)
-    config = RunConfig(
-        data=DataConfig(dataset=dataset, image_size=size, random_flip=channels == 3),
-        model=ModelConfig(in_channels=int(channels), ngf=int(ngf), num_scales=int(levels)),
-    )
-    model = _model_from_state(config, weights, source, network_only=True)
-    return model, config, {"weights": "official-v1", "step": None}
-
-
-def load_score_model(source: str | Path, ema: bool | None = None, device="cpu") -> tuple[ScoreModel, RunConfig, dict]:
+def load_score_model(source: str | Path, ema: bool | None = None, device="cpu", dataset: str | None = None,
+                     image_size: int | None = None) -> tuple[ScoreModel, RunConfig, dict]:
     """A ready-to-sample score model (eval mode) from a run folder, a checkpoint, an export or official weights.
 
     ``ema=None`` takes the EMA weights when the checkpoint has them; True insists on them; False takes the raw ones.
-    Returns (model, config, info) where info says which weights and which step were loaded.
+    ``dataset`` and ``image_size`` are for official checkpoints, which do not record them (elsewhere they must agree
+    with the stored config). Returns (model, config, info) where info says which weights and which step were loaded.
     """
-    source = Path(source)
-    if source.is_dir():
-        if (source / "model.safetensors").is_file():
-            return _to(_load_export(source / "model.safetensors"), device)
-        latest = latest_checkpoint(source)
-        if latest is None:
-            raise CheckpointError(f"{source}: no checkpoints/checkpoint_*.pt and no model.safetensors here")
-        source = latest
+    source = _resolve(Path(source))
     if source.suffix == ".safetensors":
-        return _to(_load_export(source), device)
-    state = safe_load(source)
-    if isinstance(state, (list, tuple)) and len(state) in (2, 5) and isinstance(state[0], dict):
-        return _to(_official_v1(state, source), device)
+        loaded = _load_export(source)
+    else:
+        state = safe_load(source)
+        if isinstance(state, (list, tuple)):  # the official layouts: the data section comes from the caller
+            from .official import load_official
+
+            return _to(load_official(state, source, ema, dataset, image_size), device)
+        loaded = _from_training_state(state, source, ema)
+    d = loaded[1].data
+    if dataset is not None and dataset != d.dataset:
+        raise CheckpointError(f"{source}: --dataset is for official checkpoints; this one records {d.dataset}")
+    if image_size is not None and image_size != d.image_size:
+        raise CheckpointError(f"{source}: --image-size is for official checkpoints; this one records {d.image_size}")
+    return _to(loaded, device)
+
+
+def _resolve(source: Path) -> Path:
+    """A run folder stands for its export, else its latest checkpoint."""
+    if not source.is_dir():
+        return source
+    if (source / "model.safetensors").is_file():
+        return source / "model.safetensors"
+    latest = latest_checkpoint(source)
+    if latest is None:
+        raise CheckpointError(f"{source}: no checkpoints/checkpoint_*.pt and no model.safetensors here")
+    return latest
+
+
+def _from_training_state(state, source: Path, ema: bool | None) -> tuple[ScoreModel, RunConfig, dict]:
+    if isinstance(state, dict) and state and all(torch.is_tensor(v) for v in state.values()):
+        from .official import describe_state_dict
+
+        raise CheckpointError(f"{source}: {describe_state_dict(state)}")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{source}: not an ncsn or official NCSN checkpoint (found {_describe(state)})")
     try:
@@ -206,7 +215,7 @@ def load_score_model(source: str | Path, ema: bool | None = None, device="cpu") 
         raise CheckpointError(f"{source}: has no EMA weights (trained with training.ema=false); use --no-ema")
     use_ema = state.get("ema") is not None if ema is None else ema
     model = _model_from_state(config, state["ema"] if use_ema else state["model"], source)
-    return _to((model, config, {"weights": "ema" if use_ema else "raw", "step": state["step"]}), device)
+    return model, config, {"weights": "ema" if use_ema else "raw", "step": state["step"]}
 
 
 def _load_export(path: Path) -> tuple[ScoreModel, RunConfig, dict]:

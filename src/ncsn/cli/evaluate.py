@@ -23,8 +23,8 @@ def _files_dir(out: Path) -> Path:
     return out.with_suffix("") if out.suffix == ".json" else out.with_name(out.name + "_files")
 
 
-def _load(source, ema, denoise, steps_each, step_lr, batch_size, device):
-    model, config, info = load_score_model(source, ema=ema, device=device)
+def _load(source, ema, official, denoise, steps_each, step_lr, batch_size, device):
+    model, config, info = load_score_model(source, ema=ema, device=device, **official)
     resolved_sampling(config, denoise, steps_each, step_lr, batch_size)
     return model, config, info
 
@@ -74,8 +74,8 @@ def _sweep(workdir, n, seed, folder, dist_info, load, evaluate) -> Path:
 @click.option("--out", type=click.Path(dir_okay=False), required=True,
               help="Report FILE.json; samples, grids and plots go to the folder FILE/ beside it.")
 @user_errors
-def eval_command(workdir, checkpoint, ema, denoise, steps_each, step_lr, batch_size, seed, device, n, metrics,
-                 samples_file, inception_weights, loss_images, nn_k, sweep, sweep_n, out):
+def eval_command(workdir, checkpoint, ema, dataset, image_size, denoise, steps_each, step_lr, batch_size, seed, device,
+                 n, metrics, samples_file, inception_weights, loss_images, nn_k, sweep, sweep_n, out):
     """Sample N images (sharded under torchrun) and measure them against the dataset's training split."""
     source = model_source(workdir, checkpoint)
     if sweep and not workdir:
@@ -87,7 +87,8 @@ def eval_command(workdir, checkpoint, ema, denoise, steps_each, step_lr, batch_s
     dist_info = distributed.setup(device)
 
     def load(path):
-        return _load(path, ema, denoise, steps_each, step_lr, batch_size, dist_info.device)
+        official = {"dataset": dataset, "image_size": image_size}
+        return _load(path, ema, official, denoise, steps_each, step_lr, batch_size, dist_info.device)
 
     model, config, info = load(source)
     wanted = parse_metrics(metrics, config.data.dataset)

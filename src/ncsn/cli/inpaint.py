@@ -98,11 +98,12 @@ def complete(model, originals: torch.Tensor, known: torch.Tensor, m: int, settin
               help="Redraw the noisy known pixels at every step (v2 code) instead of once per level (paper).")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
 @user_errors
-def inpaint_command(workdir, checkpoint, ema, denoise, steps_each, step_lr, batch_size, seed, device, mask_spec,
-                    source, n_images, n_per_image, redraw, out):
+def inpaint_command(workdir, checkpoint, ema, dataset, image_size, denoise, steps_each, step_lr, batch_size, seed,
+                    device, mask_spec, source, n_images, n_per_image, redraw, out):
     """Inpaint under a mask: inpainting.npz (original, mask, samples), grid.png and inpainting.json with figures."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, config, info = load_score_model(model_source(workdir, checkpoint), ema=ema, device=device)
+    model, config, info = load_score_model(model_source(workdir, checkpoint), ema=ema, device=device, dataset=dataset,
+                                           image_size=image_size)
     settings = resolved_sampling(config, denoise, steps_each, step_lr, batch_size)
     size = config.data.image_size
     known = make_mask(mask_spec, size, size, seed=seed)

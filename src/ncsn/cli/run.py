@@ -15,7 +15,7 @@ import torch
 from .. import distributed
 from ..checkpoint import CheckpointError, export_slim, latest_checkpoint, load_score_model
 from ..config import ConfigError, load_config, named_configs
-from ..data import DatasetNotFoundError, to_uint8_hwc
+from ..data import DATASETS, DatasetNotFoundError, to_uint8_hwc
 from ..generate import generate
 from ..images import save_grid, save_progression
 from ..runtime import PRECISIONS, RuntimeOptions
@@ -75,12 +75,28 @@ def current_runtime() -> RuntimeOptions:
     return RuntimeOptions(**(ctx.meta.get(RUNTIME_KEY, {}) if ctx is not None else {}))
 
 
+OFFICIAL_OPTIONS = [  # what an official checkpoint does not record (ncsn checkpoints record both)
+    click.option("--dataset", type=click.Choice(sorted(DATASETS)), default=None,
+                 help="Dataset of an official checkpoint (required for those; they do not record it)."),
+    click.option("--image-size", type=click.IntRange(min=4), default=None,
+                 help="Image size of an official checkpoint [default: that of the official release]."),
+]
+
+
+def official_options(func):
+    """Add --dataset and --image-size to a command."""
+    for option in reversed(OFFICIAL_OPTIONS):
+        func = option(func)
+    return func
+
+
 def sampling_options(func):
     """Options shared by every command that runs the sampler; unset ones fall back to the run's config."""
     options = [
         click.option("--workdir", type=click.Path(file_okay=False), help="Run folder (its latest checkpoint)."),
         click.option("--checkpoint", type=click.Path(dir_okay=True), help="Checkpoint, export or official .pth file."),
         click.option("--ema/--no-ema", default=None, help="Use EMA weights [default: EMA when the checkpoint has them]."),
+        *OFFICIAL_OPTIONS,
         click.option("--denoise/--no-denoise", default=None, help="Final Tweedie denoising step [default: config]."),
         click.option("--steps-each", type=click.IntRange(min=1), help="Langevin steps per level [default: config]."),
         click.option("--step-lr", type=click.FloatRange(min=0, min_open=True), help="Step size eps [default: config]."),
@@ -174,12 +190,13 @@ def train_command(config_name, workdir, overrides, resume, device, progress):
 @click.option("--progression", is_flag=True, help="Also write the annealing progression (PNG strip and GIF).")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
 @user_errors
-def sample_command(workdir, checkpoint, ema, denoise, steps_each, step_lr, batch_size, seed, device, n, progression,
-                   out):
+def sample_command(workdir, checkpoint, ema, dataset, image_size, denoise, steps_each, step_lr, batch_size, seed,
+                   device, n, progression, out):
     """Draw samples by annealed Langevin dynamics: samples.npz (uint8 NxHxWxC), grid.png, optional progression."""
     source = model_source(workdir, checkpoint)
     dist_info = distributed.setup(device)
-    model, config, info = load_score_model(source, ema=ema, device=dist_info.device)
+    model, config, info = load_score_model(source, ema=ema, device=dist_info.device, dataset=dataset,
+                                           image_size=image_size)
     resolved_sampling(config, denoise, steps_each, step_lr, batch_size)
     summary = sample_to_folder(model, config, info, n, seed, out, dist_info, progression)
     if dist_info.is_main:
@@ -189,13 +206,14 @@ def sample_command(workdir, checkpoint, ema, denoise, steps_each, step_lr, batch
 
 @click.command("export")
 @click.option("--workdir", type=click.Path(file_okay=False), help="Run folder (its latest checkpoint).")
-@click.option("--checkpoint", type=click.Path(), help="A full training checkpoint.")
+@click.option("--checkpoint", type=click.Path(), help="A full training checkpoint or an official .pth file.")
 @click.option("--ema/--no-ema", default=None, help="Export EMA weights [default: EMA when present].")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder for model.safetensors + config.json.")
+@official_options
 @user_errors
-def export_command(workdir, checkpoint, ema, out):
+def export_command(workdir, checkpoint, ema, out, dataset, image_size):
     """Write a slim, weights-only export (safetensors + JSON config) that `ncsn sample --checkpoint` loads."""
-    folder = export_slim(model_source(workdir, checkpoint), out, ema=ema)
+    folder = export_slim(model_source(workdir, checkpoint), out, ema=ema, dataset=dataset, image_size=image_size)
     click.echo(f"exported to {folder}")
 
 
