@@ -73,8 +73,10 @@ def test_instance_norm_plus_plus_against_direct_formula_and_init():
     expected = g * (xhat + a * mu_tilde[..., None, None]) + b
     assert torch.allclose(norm(x), expected, atol=1e-10)
     assert torch.allclose(norm(x, activation=True), F.elu(expected), atol=1e-10)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        xl = x.contiguous(memory_format=layout).requires_grad_()
+        assert torch.autograd.gradcheck(lambda t: norm(t, activation=True), (xl,))
     x.requires_grad_()
-    assert torch.autograd.gradcheck(lambda t: norm(t, activation=True), (x,))
     grads = torch.autograd.grad(norm(x).square().sum(), [norm.gamma, norm.alpha, norm.beta])
     direct = torch.autograd.grad(expected.square().sum(), [norm.gamma, norm.alpha, norm.beta])
     assert all(torch.allclose(u, v) for u, v in zip(grads, direct))
@@ -142,3 +144,17 @@ def test_build_score_model_makes_sigma_scaled_v2_models():
         assert torch.allclose(model.at_levels(x, torch.tensor([0, 3])), direct)
         off_ladder = torch.tensor([0.7, 0.003])  # any sigma > 0 is fine for an unconditional network
         assert torch.allclose(model(x, off_ladder), model.net(x) / off_ladder.view(-1, 1, 1, 1))
+
+
+def test_a_v2_network_trains_and_reloads_from_its_run_folder(tmp_path, one_thread):
+    from ncsn.checkpoint import load_score_model
+
+    from .conftest import train_tiny
+
+    train_tiny(tmp_path, ["model.arch=ncsnv2", "model.ngf=4", "training.n_iters=3", "training.ema=true",
+                          "training.batch_size=16", "training.sample_every=100", "training.sample_n=4",
+                          "sampling.n_steps_each=1", "training.eval_every=100"])
+    model, config, info = load_score_model(tmp_path)
+    assert type(model.net) is NCSNv2 and config.model.arch == "ncsnv2" and info == {"weights": "ema", "step": 3}
+    state = torch.load(tmp_path / "checkpoints" / "checkpoint_00000003.pt", weights_only=True)
+    assert all(torch.equal(v, state["ema"][k]) for k, v in model.state_dict().items())

@@ -31,7 +31,7 @@ def v2_file(path, net, sigmas, ema=True, step=300):
 
 def scores(model, x, labels):
     with torch.no_grad():
-        return model.net(x) / model.sigmas[labels].view(-1, 1, 1, 1)
+        return model.at_levels(x, labels)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -89,7 +89,7 @@ def test_official_v1_file_needs_its_dataset_named(tmp_path):
     assert config.sampling.denoise is False and config.sampling.n_steps_each == 100
     x, y = torch.rand(2, 3, 32, 32), torch.tensor([0, 5])
     with torch.no_grad():
-        assert torch.equal(model.net(x, y), net(x, y))
+        assert torch.equal(model.at_levels(x, y), net(x, y))
     with pytest.raises(CheckpointError, match="has 1 channel"):
         load_score_model(path, dataset="mnist")
     with pytest.raises(CheckpointError, match="no EMA weights"):

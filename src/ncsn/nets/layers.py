@@ -92,8 +92,8 @@ class ResidualBlock(nn.Module):
     """Pre-activation residual block: norm -> ELU -> conv -> norm -> ELU -> conv, plus shortcut.
 
     ``down`` with no dilation halves the resolution (conv-then-mean-pool); ``down`` with a dilation keeps the size
-    and only gives the block a dilated 3x3 shortcut conv, as in the reference networks. (Their 28-px
-    "adjust_padding" case only touches the undilated branch, which no 28-px stage uses, so it has no counterpart.)
+    and only gives the block a dilated 3x3 shortcut conv, as in the reference networks. (Their 28-px case, an
+    ``adjust_padding`` flag on res4, changes nothing: it only acts in the undilated branch and res4 is dilated.)
     """
 
     def __init__(self, in_ch: int, out_ch: int, norm: Norm, down: bool = False, dilation: int = 1):
