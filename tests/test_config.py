@@ -59,3 +59,22 @@ def test_yaml_files_and_round_trip(tmp_path):
         load_config("cifar100")
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(str(tmp_path / "missing.yaml"))
+
+
+@pytest.mark.parametrize("name, levels, eps", [("cifar10_v2", 232, 6.2e-6), ("celeba64_v2", 500, 3.3e-6),
+                                               ("fashion_mnist_v2", 105, 1.063e-5)])
+def test_v2_presets_follow_the_noise_plan_and_the_v2_recipe(name, levels, eps):
+    from ncsn.noise_plan import ladder_plan
+
+    config = load_config(name)
+    m, t, s = config.model, config.training, config.sampling
+    assert m.arch == "ncsnv2" and m.scale_by_sigma and m.num_scales == levels and m.sigma_min == 0.01
+    assert t.ema and t.ema_rate == 0.999 and t.lr == 1e-4 and s.denoise and not config.data.dequantize
+    dim = m.in_channels * config.data.image_size**2
+    plan = ladder_plan(m.sigma_max, dim, s.n_steps_each)
+    assert plan["num_scales"] == levels and s.step_lr == pytest.approx(plan["step_lr"], rel=0.02)
+
+
+def test_an_unconditional_network_must_divide_by_sigma():
+    with pytest.raises(ConfigError, match="model.scale_by_sigma.*ncsnv2 is unconditional"):
+        load_config("cifar10_v2", ["model.scale_by_sigma=false"])

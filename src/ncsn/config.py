@@ -143,6 +143,8 @@ def validate(config: RunConfig) -> None:
     channels = DATASETS[d.dataset].channels
     _check(d.image_size >= 4 and d.image_size % 2 == 0, "data.image_size", f"must be even and >= 4, got {d.image_size}")
     _check(m.arch in ARCHITECTURES, "model.arch", f"unknown architecture {m.arch!r}; choose from {sorted(ARCHITECTURES)}")
+    _check(m.scale_by_sigma or ARCHITECTURES[m.arch].level_conditioned, "model.scale_by_sigma",
+           f"{m.arch} is unconditional and conditions by s = f(x)/sigma: set it to true")
     _check(m.in_channels == channels, "model.in_channels", f"{d.dataset} has {channels} channel(s), got {m.in_channels}")
     _check(m.ngf >= 1, "model.ngf", f"must be >= 1, got {m.ngf}")
     _check(m.sigma_min > 0, "model.sigma_min", f"must be positive, got {m.sigma_min}")
