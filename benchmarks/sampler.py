@@ -18,7 +18,7 @@ import torch
 from common import machine, parser, peak_memory, setup, spread, sync, timed
 
 from ncsn.runtime import score_function, wants_channels_last
-from ncsn.sampling import annealed_langevin, uniform_init
+from ncsn.samplers import annealed_langevin, uniform_init
 from ncsn.score_model import build_score_model
 
 

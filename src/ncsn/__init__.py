@@ -1,5 +1,6 @@
 """ncsn: noise-conditional score networks (Song & Ermon, 2019) and their published follow-ups, in PyTorch."""
 
+from .likelihood import bits_per_dim, log_density
 from .losses import dsm_loss, ssm_loss
 from .nets import (
     CondInstanceNormPlusPlus,
@@ -9,7 +10,17 @@ from .nets import (
     NCSNv2Deeper,
     NCSNv2Deepest,
 )
-from .sampling import annealed_langevin, per_example_generators, uniform_init
+from .samplers import (
+    SamplerSettings,
+    annealed_langevin,
+    heun_sampler,
+    ode_sampler,
+    pc_sampler,
+    per_example_generators,
+    run_sampler,
+    uniform_init,
+)
+from .schedules import karras_sigmas, ve_sde_sigmas
 from .score_model import ModelConfig, ScoreModel, build_score_model
 from .sigmas import SigmaOffLadderError, geometric_sigmas, ladder_levels
 
@@ -23,14 +34,23 @@ __all__ = [
     "NCSNv2",
     "NCSNv2Deeper",
     "NCSNv2Deepest",
+    "SamplerSettings",
     "ScoreModel",
     "SigmaOffLadderError",
     "annealed_langevin",
+    "bits_per_dim",
     "build_score_model",
     "dsm_loss",
     "geometric_sigmas",
+    "heun_sampler",
+    "karras_sigmas",
     "ladder_levels",
+    "log_density",
+    "ode_sampler",
+    "pc_sampler",
     "per_example_generators",
+    "run_sampler",
     "ssm_loss",
     "uniform_init",
+    "ve_sde_sigmas",
 ]

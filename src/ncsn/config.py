@@ -16,7 +16,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from .data import DATASETS, DataConfig
-from .sampling import CONVENTIONS
+from .samplers import SamplerSettings
+from .samplers.settings import problems as sampler_problems
 from .score_model import ARCHITECTURES, ModelConfig
 
 
@@ -52,13 +53,11 @@ class TrainingConfig:
 
 
 @dataclass
-class SamplingConfig:
-    """Annealed Langevin settings used by `ncsn sample`, training-time grids and the demo."""
+class SamplingConfig(SamplerSettings):
+    """The sampler and its settings (``ncsn.samplers.SamplerSettings``: ald by default, with the annealed Langevin
+    keys n_steps_each, step_lr, denoise, convention) used by `ncsn sample`, `inpaint`, `eval`, training-time grids
+    and the demo, plus the number of chains per batch."""
 
-    n_steps_each: int = 100
-    step_lr: float = 2e-5
-    denoise: bool = False
-    convention: str = "code"
     batch_size: int = 100
 
 
@@ -159,7 +158,6 @@ def validate(config: RunConfig) -> None:
     _check(t.weight_decay >= 0, "training.weight_decay", f"must be >= 0, got {t.weight_decay}")
     _check(t.grad_clip is None or t.grad_clip > 0, "training.grad_clip", f"must be positive or null, got {t.grad_clip}")
     _check(0 < t.ema_rate < 1, "training.ema_rate", f"must lie in (0, 1), got {t.ema_rate}")
-    _check(s.n_steps_each >= 1, "sampling.n_steps_each", f"must be >= 1, got {s.n_steps_each}")
-    _check(s.step_lr > 0, "sampling.step_lr", f"must be positive, got {s.step_lr}")
-    _check(s.convention in CONVENTIONS, "sampling.convention", f"must be one of {CONVENTIONS}, got {s.convention!r}")
+    for key, message in sampler_problems(s)[:1]:
+        _check(False, f"sampling.{key}", message)
     _check(s.batch_size >= 1, "sampling.batch_size", f"must be >= 1, got {s.batch_size}")

@@ -1,7 +1,7 @@
-"""Drawing many samples from a score model: batching, per-batch seeds, rank sharding, progress, frames.
+"""Drawing many samples from a score model: batching, per-batch seeds, rank sharding, progress, frames, NFE.
 
 Batch b always uses a generator seeded from (seed, b), so a sample set depends on (seed, batch size) only, not on
-how many processes made it.
+how many processes made it. Any sampler of ``ncsn.samplers`` runs here, as the settings name it.
 """
 
 from __future__ import annotations
@@ -12,11 +12,23 @@ import torch
 from tqdm.auto import tqdm
 
 from .runtime import RuntimeOptions, score_function
-from .sampling import annealed_langevin, uniform_init
+from .samplers import callback_count, check_fits, initial_state, run_sampler
+
+MAX_FRAMES = 10  # frames kept for a progression when the sampler has no levels (pc off the ladder, heun, ode)
 
 
 def batch_generator(seed: int, batch_index: int, device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed((seed * 1_000_003 + batch_index) % (2**63))
+
+
+def frame_steps(settings, sigmas: torch.Tensor) -> set[int]:
+    """Callback counts at which a progression keeps a frame: the end of every level for ald (as before), otherwise
+    up to MAX_FRAMES evenly spaced steps."""
+    total = callback_count(settings, sigmas)
+    if settings.sampler == "ald":
+        return {settings.n_steps_each * (level + 1) for level in range(len(sigmas))}
+    count = min(total, MAX_FRAMES)
+    return {math.ceil(total * (k + 1) / count) for k in range(count)}
 
 
 def generate(
@@ -33,39 +45,44 @@ def generate(
     progress: bool = False,
     keep_frames: bool = False,
     runtime: RuntimeOptions | None = None,
+    info: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor] | None]:
     """This rank's share of ``n`` samples: (indices, images clamped to [0, 1] on the CPU, frames or None).
 
-    ``settings`` carries n_steps_each, step_lr, denoise and convention (a SamplingConfig). With ``keep_frames``
-    the first batch's images at the end of every level are returned, one frame per level. ``runtime`` runs the
-    network compiled, under bf16 autocast or channels_last (the chain itself stays float32).
+    ``sigmas`` is the model's ladder; ``settings`` (a SamplingConfig or SamplerSettings) names the sampler and its
+    settings. With ``keep_frames`` the first batch's images along the chain are returned (one frame per level for
+    ald). ``runtime`` runs the network compiled, under bf16 autocast or channels_last (the chain stays float32).
+    ``info`` receives ``nfe_per_batch`` (network evaluations of each of this rank's batches).
     """
     if runtime is not None:
         score_fn = score_function(score_fn, runtime, device)
+    sigmas = sigmas.to(device)
+    check_fits(score_fn, settings, sigmas)
     batch_size = batch_size or settings.batch_size
     n_batches = math.ceil(n / batch_size)
     mine = list(range(rank, n_batches, world_size))
-    sigmas = sigmas.to(device)
-    steps_per_batch = len(sigmas) * settings.n_steps_each
-    bar = tqdm(total=len(mine) * steps_per_batch, disable=not progress, desc="sampling", unit="step")
-    indices, images, frames = [], [], [] if keep_frames else None
+    per_batch = callback_count(settings, sigmas)
+    keep = frame_steps(settings, sigmas) if keep_frames else set()
+    bar = tqdm(total=len(mine) * per_batch, disable=not progress, desc=f"sampling ({settings.sampler})", unit="step")
+    indices, images, frames, spent = [], [], [] if keep_frames else None, []
     for b in mine:
         count = min(batch_size, n - b * batch_size)
         gen = batch_generator(seed, b, device)
-        x0 = uniform_init((count, *image_shape), generator=gen, device=device)
+        x0 = initial_state(settings, (count, *image_shape), sigmas, generator=gen, device=device)
 
-        def callback(level, step, x, _first=(b == mine[0])):
+        def callback(done, total, x, _first=(b == mine[0])):
             bar.update(1)
-            if keep_frames and _first and step == settings.n_steps_each - 1:
+            if _first and done in keep:
                 frames.append(x[:64].clamp(0, 1).cpu())
 
-        x = annealed_langevin(
-            score_fn, x0, sigmas, settings.n_steps_each, settings.step_lr, settings.denoise, settings.convention,
-            generator=gen, callback=callback,
-        )
+        found: dict = {}
+        x = run_sampler(score_fn, x0, sigmas, settings, generator=gen, callback=callback, info=found)
+        spent.append(found["nfe"])
         indices.append(torch.arange(b * batch_size, b * batch_size + count))
         images.append(x.clamp(0, 1).cpu())
     bar.close()
+    if info is not None:
+        info["nfe_per_batch"] = spent
     if not images:
         return torch.zeros(0, dtype=torch.long), torch.zeros(0, *image_shape), frames
     return torch.cat(indices), torch.cat(images), frames

@@ -1,7 +1,8 @@
-"""Inpainting (SPEC §6): the annealed Langevin sampler of ``sampling.py`` plus a constraint that holds known pixels.
+"""Inpainting (SPEC §6): a sampler of ``ncsn.samplers`` (ald or pc) plus a constraint that holds known pixels.
 
 At level i the known pixels of x are set to one noisy copy y + sigma_i * z before the level and reset to it after
-every step (the paper's procedure); ``redraw_every_step`` draws a fresh copy at every reset instead (the v2 code).
+every step (the paper's procedure); ``redraw_every_step`` draws a fresh copy at every reset instead (the v2 code,
+and Score-SDE's way with the pc sampler, whose known pixels get a fresh noisy copy after every move).
 A mask is 1 (True) where a pixel is known. Mask builders for the command line's named masks live here too.
 """
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .sampling import Generators, ScoreFn, annealed_langevin, randn, uniform_init
+from .samplers import Generators, SamplerSettings, ScoreFn, initial_state, randn, run_sampler, schedule
 
 MASK_NAMES = ("left-half", "right-half", "top-half", "bottom-half", "center-box", "every-other-row")
 
@@ -52,17 +53,25 @@ def inpaint(
     generator: Generators = None,
     init: torch.Tensor | None = None,
     callback: Callable[[int, int, torch.Tensor], None] | None = None,
+    settings: SamplerSettings | None = None,
+    info: dict | None = None,
 ) -> torch.Tensor:
     """Complete ``images`` (N, C, H, W, [0, 1]) where ``mask`` is 0; known pixels come back exactly as given.
 
-    Chains start from ``init`` (default Uniform[0, 1], drawn from ``generator``). The noisy copies of the known
-    pixels are drawn from ``generator`` too, but only when something is known, so an empty mask reproduces
-    ``annealed_langevin`` with the same generator. Returns float32, unclamped, like the sampler.
+    ``sigmas`` is the model's ladder. ``settings`` (a SamplerSettings naming ald or pc) replaces the four annealed
+    Langevin arguments when given. Chains start from ``init`` (default: the sampler's own start, drawn from
+    ``generator``). The noisy copies of the known pixels are drawn from ``generator`` too, but only when something
+    is known, so an empty mask reproduces the sampler with the same generator. ``callback(done, total, x)`` and
+    ``info`` are ``run_sampler``'s. Returns float32, unclamped, like the sampler.
     """
+    if settings is None:
+        settings = SamplerSettings("ald", n_steps_each, step_lr, denoise, convention)
+    if settings.sampler not in ("ald", "pc"):
+        raise ValueError(f"inpainting works with the ald and pc samplers, not {settings.sampler}")
     y = images.detach().to(torch.float32)
     known = fit_mask(mask, y)
-    x = uniform_init(y.shape, generator, y.device) if init is None else init
-    levels = [float(s) for s in sigmas]
+    x = initial_state(settings, y.shape, sigmas, generator, y.device) if init is None else init
+    levels = [float(s) for s in schedule(settings, sigmas)]
     held: dict[str, torch.Tensor] = {}
 
     def hold_known(x: torch.Tensor, level: int, step: int) -> None:
@@ -71,9 +80,7 @@ def inpaint(
         x.copy_(torch.where(known, held["y"], x))
 
     constraint = hold_known if bool(known.any()) else None
-    x = annealed_langevin(
-        score_fn, x, sigmas, n_steps_each, step_lr, denoise, convention, generator, callback, constraint
-    )
+    x = run_sampler(score_fn, x, sigmas, settings, generator, callback, constraint, info)
     return torch.where(known, y, x)
 
 

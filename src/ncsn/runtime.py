@@ -74,7 +74,8 @@ def score_function(model, options: RuntimeOptions, device):
     """The sampler's ``score_fn(x, sigma)``: the prepared network (or any score callable) under autocast.
 
     The score comes back in the network's dtype; the sampler adds it into its float32 chain. channels_last left to
-    us is settled at the first call, from the image size (``wants_channels_last``).
+    us is settled at the first call, from the image size (``wants_channels_last``). The wrapper carries the model's
+    ``level_conditioned`` and ``sigmas``, so samplers that need sigmas off a v1 ladder refuse it up front.
     """
     state = {}
 
@@ -86,4 +87,6 @@ def score_function(model, options: RuntimeOptions, device):
         with autocast(options, x.device):
             return state["net"](x.contiguous(memory_format=state["format"]), sigma)
 
+    score.level_conditioned = bool(getattr(model, "level_conditioned", False))  # what the samplers check
+    score.sigmas = getattr(model, "sigmas", None)
     return score

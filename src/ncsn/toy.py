@@ -18,7 +18,7 @@ from torch import nn
 
 from .data import read_idx
 from .losses import dsm_loss, ssm_loss
-from .sampling import annealed_langevin
+from .samplers import annealed_langevin
 from .sigmas import geometric_sigmas
 
 FASHION_MNIST_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")

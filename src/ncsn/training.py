@@ -25,6 +25,7 @@ from .generate import generate
 from .images import save_grid
 from .losses import dsm_loss
 from .runtime import RuntimeOptions, autocast, prepare_model
+from .samplers import check_fits
 from .score_model import build_score_model
 
 
@@ -206,12 +207,12 @@ def train(
     info = distributed.setup(device)
     t = config.training
     config, state = _resolve_config(config, workdir, resume)
+    torch.manual_seed(t.seed)
+    model = build_score_model(config.model).to(info.device)
+    check_fits(model, config.sampling, model.sigmas)  # the grids' sampler must suit the network: fail now, not later
     if info.is_main:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.yaml").write_text(to_yaml(config))
-
-    torch.manual_seed(t.seed)
-    model = build_score_model(config.model).to(info.device)
     if runtime.channels_last:  # before the optimizer and the EMA copy, so their tensors share the layout
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, t)

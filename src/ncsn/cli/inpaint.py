@@ -18,7 +18,8 @@ from ..generate import batch_generator
 from ..images import auto_scale, grid_image, masked_view
 from ..inpainting import MASK_NAMES, inpaint, make_mask, parse_mask_spec, quality
 from ..runtime import score_function
-from .run import current_runtime, model_source, resolved_sampling, sampling_options, user_errors
+from ..samplers import callback_count, check_fits, used_settings
+from .run import current_runtime, model_source, nfe_summary, resolved_sampling, sampling_options, user_errors
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -63,23 +64,25 @@ def original_images(source: str, config, count: int) -> torch.Tensor:
 
 
 def complete(model, originals: torch.Tensor, known: torch.Tensor, m: int, settings, seed: int, device,
-             redraw: bool) -> torch.Tensor:
-    """M completions of each original ([0, 1], (K, C, H, W)) as (K, M, C, H, W); chunk b of the K*M chains is
-    seeded from (seed, b) as in `ncsn sample`."""
+             redraw: bool, nfe: list | None = None) -> torch.Tensor:
+    """M completions of each original ([0, 1], (K, C, H, W)) as (K, M, C, H, W) by the ald or pc sampler; chunk b of
+    the K*M chains is seeded from (seed, b) as in `ncsn sample`. ``nfe`` collects each chunk's evaluations."""
     k = originals.shape[0]
     images = originals.repeat_interleave(m, dim=0)
     total, size = images.shape[0], settings.batch_size
     sigmas = model.sigmas.to(device)
     score = score_function(model, current_runtime(), device)  # --compile/--precision/--channels-last
-    bar = tqdm(total=math.ceil(total / size) * len(sigmas) * settings.n_steps_each, desc="inpainting", unit="step")
+    check_fits(score, settings, sigmas)
+    steps = callback_count(settings, sigmas)
+    bar = tqdm(total=math.ceil(total / size) * steps, desc=f"inpainting ({settings.sampler})", unit="step")
     out = []
     for b in range(math.ceil(total / size)):
         chunk = images[b * size:(b + 1) * size].to(device)
-        x = inpaint(
-            score, chunk, known, sigmas, settings.n_steps_each, settings.step_lr, settings.denoise,
-            settings.convention, redraw_every_step=redraw, generator=batch_generator(seed, b, device),
-            callback=lambda *_: bar.update(1),
-        )
+        found: dict = {}
+        x = inpaint(score, chunk, known, sigmas, redraw_every_step=redraw, generator=batch_generator(seed, b, device),
+                    callback=lambda *_: bar.update(1), settings=settings, info=found)
+        if nfe is not None:
+            nfe.append(found["nfe"])
         out.append(x.clamp(0, 1).cpu())
     bar.close()
     return torch.cat(out).view(k, m, *originals.shape[1:])
@@ -100,7 +103,8 @@ def complete(model, originals: torch.Tensor, known: torch.Tensor, m: int, settin
 @user_errors
 def inpaint_command(workdir, checkpoint, ema, dataset, image_size, denoise, steps_each, step_lr, batch_size, seed,
                     device, mask_spec, source, n_images, n_per_image, redraw, out):
-    """Inpaint under a mask: inpainting.npz (original, mask, samples), grid.png and inpainting.json with figures."""
+    """Inpaint under a mask with the ald or pc sampler: inpainting.npz (original, mask, samples), grid.png and
+    inpainting.json with figures, the sampler, its settings and the NFE."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, config, info = load_score_model(model_source(workdir, checkpoint), ema=ema, device=device, dataset=dataset,
                                            image_size=image_size)
@@ -108,8 +112,11 @@ def inpaint_command(workdir, checkpoint, ema, dataset, image_size, denoise, step
     size = config.data.image_size
     known = make_mask(mask_spec, size, size, seed=seed)
     originals = original_images(source, config, n_images).float() / 255.0
+    if settings.sampler not in ("ald", "pc"):
+        raise ValueError(f"--sampler {settings.sampler}: inpainting works with the ald and pc samplers")
     start = time.perf_counter()
-    samples = complete(model, originals, known, n_per_image, settings, seed, device, redraw)
+    nfe: list[int] = []
+    samples = complete(model, originals, known, n_per_image, settings, seed, device, redraw, nfe)
     seconds = time.perf_counter() - start
 
     out = Path(out)
@@ -128,7 +135,8 @@ def inpaint_command(workdir, checkpoint, ema, dataset, image_size, denoise, step
         "mask": mask_spec, "images": source, "n_images": n_images, "n_per_image": n_per_image, "seed": seed,
         "redraw_every_step": redraw, "weights": info["weights"], "step": info.get("step"),
         "n_steps_each": s.n_steps_each, "step_lr": s.step_lr, "denoise": s.denoise, "convention": s.convention,
-        "batch_size": s.batch_size, "seconds": seconds, **figures,
+        "batch_size": s.batch_size, "sampler": s.sampler, "sampler_settings": used_settings(s), **nfe_summary(nfe),
+        "seconds": seconds, **figures,
     }
     (out / "inpainting.json").write_text(json.dumps(report, indent=2))
     click.echo(

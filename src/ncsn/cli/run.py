@@ -19,6 +19,8 @@ from ..data import DATASETS, DatasetNotFoundError, to_uint8_hwc
 from ..generate import generate
 from ..images import save_grid, save_progression
 from ..runtime import PRECISIONS, RuntimeOptions
+from ..samplers import used_settings
+from .sampler_options import apply_sampler_options, sampler_options
 from ..training import NonFiniteLossError, RunFolderError, train
 
 USER_ERRORS = (ConfigError, CheckpointError, DatasetNotFoundError, NonFiniteLossError, RunFolderError, ValueError)
@@ -97,25 +99,36 @@ def sampling_options(func):
         click.option("--checkpoint", type=click.Path(dir_okay=True), help="Checkpoint, export or official .pth file."),
         click.option("--ema/--no-ema", default=None, help="Use EMA weights [default: EMA when the checkpoint has them]."),
         *OFFICIAL_OPTIONS,
-        click.option("--denoise/--no-denoise", default=None, help="Final Tweedie denoising step [default: config]."),
+        click.option("--denoise/--no-denoise", default=None,
+                     help="End noise-free: ald/ode add the Tweedie step, pc returns its last mean [default: config]."),
         click.option("--steps-each", type=click.IntRange(min=1), help="Langevin steps per level [default: config]."),
         click.option("--step-lr", type=click.FloatRange(min=0, min_open=True), help="Step size eps [default: config]."),
         click.option("--batch-size", type=click.IntRange(min=1), help="Chains per batch [default: config]."),
         click.option("--seed", type=int, default=0, help="Seed; batch b uses (seed, b)."),
         click.option("--device", default=None, help="cpu, cuda, cuda:1 ... [default: cuda if available]."),
     ]
+    func = runtime_options(sampler_options(func))  # listed after the model and chain options in --help
     for option in reversed(options):
         func = option(func)
-    return runtime_options(func)
+    return func
 
 
 def resolved_sampling(config, denoise, steps_each, step_lr, batch_size):
+    """The config's sampling section with the command's options applied (and validated)."""
     s = config.sampling
+    apply_sampler_options(s)
     s.denoise = s.denoise if denoise is None else denoise
     s.n_steps_each = steps_each or s.n_steps_each
     s.step_lr = step_lr or s.step_lr
     s.batch_size = batch_size or s.batch_size
     return s
+
+
+def nfe_summary(per_batch: list[int]) -> dict:
+    """NFE actually spent: per sample (the mean over batches; every chain of a batch sees each evaluation) and the
+    network calls of all batches together."""
+    mean = sum(per_batch) / max(len(per_batch), 1)
+    return {"nfe": int(mean) if mean == int(mean) else round(mean, 2), "nfe_total": int(sum(per_batch))}
 
 
 def sample_to_folder(model, config, info, n, seed, out, dist_info, progression=False, runtime=None) -> dict:
@@ -128,19 +141,23 @@ def sample_to_folder(model, config, info, n, seed, out, dist_info, progression=F
     out.mkdir(parents=True, exist_ok=True)
     shape = (config.model.in_channels, config.data.image_size, config.data.image_size)
     start = time.perf_counter()
+    spent: dict = {}
     indices, images, frames = generate(
         model, model.sigmas, n, shape, config.sampling, seed=seed, device=dist_info.device,
         rank=dist_info.rank, world_size=dist_info.world_size, progress=dist_info.is_main, keep_frames=progression,
-        runtime=runtime,
+        runtime=runtime, info=spent,
     )
+    nfe = spent["nfe_per_batch"]
     if dist_info.world_size > 1:
-        np.savez(out / f".part_{dist_info.rank}.npz", indices=indices.numpy(), images=images.numpy())
+        np.savez(out / f".part_{dist_info.rank}.npz", indices=indices.numpy(), images=images.numpy(),
+                 nfe=np.asarray(nfe, dtype=np.int64))
         distributed.barrier()
         if not dist_info.is_main:
             return {}
         parts = [np.load(out / f".part_{r}.npz") for r in range(dist_info.world_size)]
         indices = torch.from_numpy(np.concatenate([p["indices"] for p in parts]))
         images = torch.from_numpy(np.concatenate([p["images"] for p in parts]))
+        nfe = [int(v) for p in parts for v in p["nfe"]]
         for r in range(dist_info.world_size):
             (out / f".part_{r}.npz").unlink()
     images = images[torch.argsort(indices)]
@@ -154,7 +171,8 @@ def sample_to_folder(model, config, info, n, seed, out, dist_info, progression=F
         "n": n, "seed": seed, "weights": info["weights"], "step": info.get("step"), "n_steps_each": s.n_steps_each,
         "step_lr": s.step_lr, "denoise": s.denoise, "convention": s.convention, "batch_size": s.batch_size,
         "seconds": seconds, "processes": dist_info.world_size, "compile": runtime.compile,
-        "precision": runtime.precision, "channels_last": runtime.channels_last,
+        "precision": runtime.precision, "channels_last": runtime.channels_last, "sampler": s.sampler,
+        "sampler_settings": used_settings(s), **nfe_summary(nfe),
     }
     (out / "sample_config.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -192,7 +210,8 @@ def train_command(config_name, workdir, overrides, resume, device, progress):
 @user_errors
 def sample_command(workdir, checkpoint, ema, dataset, image_size, denoise, steps_each, step_lr, batch_size, seed,
                    device, n, progression, out):
-    """Draw samples by annealed Langevin dynamics: samples.npz (uint8 NxHxWxC), grid.png, optional progression."""
+    """Draw samples (--sampler ald|pc|ode|heun): samples.npz (uint8 NxHxWxC), grid.png, sample_config.json (sampler,
+    settings, NFE), optional progression."""
     source = model_source(workdir, checkpoint)
     dist_info = distributed.setup(device)
     model, config, info = load_score_model(source, ema=ema, device=dist_info.device, dataset=dataset,

@@ -1,0 +1,110 @@
+"""What every sampler shares: seeded noise, initial states, the NFE counter, the model checks and the Tweedie step.
+
+A score function is ``score_fn(x, sigma)`` with ``sigma`` a float32 (N,) tensor. A level-conditioned network (NCSN
+v1) exposes ``level_conditioned = True`` and its ``sigmas`` ladder (``ScoreModel`` and the runtime wrapper do); a
+plain callable is taken to accept any sigma > 0, like a sigma-scaled NCSNv2 network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ..sigmas import SigmaOffLadderError, ladder_levels
+
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def randn(shape, generator: Generators = None, device=None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Standard normal float32 noise; a list of generators draws each example from its own generator.
+
+    One generator per example makes a sample depend on its own seed only, not on the batch it was drawn in.
+    ``out`` (contiguous float32 of ``shape``) is filled in place instead of allocating; the values are the same.
+    """
+    if generator is not None and not isinstance(generator, torch.Generator) and len(generator) != shape[0]:
+        raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
+    if out is None:
+        out = torch.empty(shape, device=device, dtype=torch.float32)
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(out.shape, generator=generator, device=out.device, dtype=torch.float32, out=out)
+    for k, g in enumerate(generator):
+        torch.randn(out.shape[1:], generator=g, device=out.device, dtype=torch.float32, out=out[k])
+    return out
+
+
+def uniform_init(shape, generator: Generators = None, device=None) -> torch.Tensor:
+    """The reference initialisation of annealed Langevin chains: x ~ Uniform[0, 1]^D."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.rand(shape, generator=generator, device=device, dtype=torch.float32)
+    return torch.cat([torch.rand((1, *shape[1:]), generator=g, device=device) for g in generator])
+
+
+def prior_init(shape, sigma_max: float, generator: Generators = None, device=None) -> torch.Tensor:
+    """The VE prior N(0, sigma_max^2 I) that Score-SDE's and EDM's samplers start from."""
+    return randn(shape, generator, device).mul_(float(sigma_max))
+
+
+def per_example_generators(seed: int, count: int, start: int = 0, device="cpu") -> list[torch.Generator]:
+    """Generators seeded ``seed + start``, ..., so example k of a run always gets the same noise."""
+    return [torch.Generator(device=device).manual_seed(seed + start + k) for k in range(count)]
+
+
+class Counted:
+    """A score function that counts its calls: the network evaluations (NFE), each on the whole batch."""
+
+    def __init__(self, score_fn: ScoreFn):
+        self.score_fn, self.calls = score_fn, 0
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.score_fn(x, sigma)
+
+
+def report(info: dict | None, **figures) -> None:
+    """Fill the caller's ``info`` dict (if any) with what a sampler spent, e.g. ``nfe``."""
+    if info is not None:
+        info.update(figures)
+
+
+def per_example(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(N,) values shaped (N, 1, 1, ...) to broadcast against ``like``."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
+def is_level_conditioned(score_fn) -> bool:
+    return bool(getattr(score_fn, "level_conditioned", False))
+
+
+def require_any_sigma(score_fn, what: str) -> None:
+    """Refuse a level-conditioned network up front for a sampler that evaluates sigmas off its ladder."""
+    if is_level_conditioned(score_fn):
+        ladder = getattr(score_fn, "sigmas", None)
+        known = f"its {len(ladder)}-level ladder" if ladder is not None else "its training ladder"
+        raise SigmaOffLadderError(
+            f"{what} evaluates the score at sigmas between the levels, but this network is level-conditioned "
+            f"(NCSN v1) and knows only {known}: use the pc sampler (or ald) on that ladder, or a sigma-scaled "
+            "unconditional network (NCSNv2) for this sampler"
+        )
+
+
+def require_on_ladder(score_fn, sigmas: torch.Tensor, what: str) -> None:
+    """For a level-conditioned network, every sigma of the schedule must be one of its ladder's levels."""
+    ladder = getattr(score_fn, "sigmas", None)
+    if not is_level_conditioned(score_fn) or ladder is None:
+        return
+    try:
+        ladder_levels(ladder.detach().float().cpu(), sigmas.detach().float().cpu())
+    except SigmaOffLadderError:
+        raise SigmaOffLadderError(
+            f"{what}: this level-conditioned network (NCSN v1) knows only its {len(ladder)}-level ladder, and the "
+            f"schedule ({len(sigmas)} sigmas from {float(sigmas[0]):.4g} to {float(sigmas[-1]):.4g}) leaves it: run "
+            "pc on the network's own ladder (no n_steps), or use a sigma-scaled network (NCSNv2) for other schedules"
+        ) from None
+
+
+def tweedie(score_fn: ScoreFn, x: torch.Tensor, sigma_batch: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The final denoising step x + sigma^2 s(x, sigma) (Tweedie's formula), in place, in float32."""
+    sigma_batch.fill_(sigma)
+    return x.add_(score_fn(x, sigma_batch).float(), alpha=sigma**2)

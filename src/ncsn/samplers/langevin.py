@@ -1,0 +1,87 @@
+"""Annealed Langevin dynamics (SPEC §5) as a pure function of (score function, x, sigmas, settings, generator).
+
+Two step conventions exist: the image code's x + a*s + sqrt(2a)*z ("code", the default, reproduces the paper's
+images with eps = 2e-5) and the paper's Algorithm 1, x + (a/2)*s + sqrt(a)*z ("paper", used by the toy code).
+``langevin_update`` is also the step of the predictor-corrector sampler's correctors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from ..schedules import check_schedule
+from .common import Counted, Generators, ScoreFn, randn, report, tweedie
+
+CONVENTIONS = ("code", "paper")
+
+
+def step_sizes(sigmas: torch.Tensor, step_lr: float) -> list[float]:
+    """alpha_i = eps * (sigma_i / sigma_L)^2 for every level."""
+    last = float(sigmas[-1])
+    return [step_lr * (float(s) / last) ** 2 for s in sigmas]
+
+
+def langevin_update(x: torch.Tensor, score: torch.Tensor, noise: torch.Tensor | None, alpha: float,
+                    convention: str = "code") -> torch.Tensor:
+    """One Langevin move in place: x += drift * score + scale * noise, computed in x's dtype (float32).
+
+    ``noise=None`` makes the noise-free mean x + drift * score (the last step of a sampler that ends on its mean).
+    """
+    if convention == "code":
+        drift, scale = alpha, math.sqrt(2.0 * alpha)
+    else:
+        drift, scale = alpha / 2.0, math.sqrt(alpha)
+    x.add_(score, alpha=drift)
+    return x if noise is None else x.add_(noise, alpha=scale)
+
+
+@torch.no_grad()
+def annealed_langevin(
+    score_fn: ScoreFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    n_steps_each: int = 100,
+    step_lr: float = 2e-5,
+    denoise: bool = False,
+    convention: str = "code",
+    generator: Generators = None,
+    callback: Callable[[int, int, torch.Tensor], None] | None = None,
+    constraint: Callable[[torch.Tensor, int, int], None] | None = None,
+    info: dict | None = None,
+) -> torch.Tensor:
+    """Run Langevin at each level from the largest sigma down and return the final x (float32, unclamped).
+
+    ``score_fn(x, sigma)`` gives the score at noise level ``sigma`` (float32, one per example). ``callback(level,
+    step, x)`` sees every step (keep frames there; nothing is hoarded here). ``constraint(x, level, step)`` may edit
+    x in place before each level (step = -1) and after every step; inpainting uses it to hold known pixels.
+    ``denoise`` adds the final Tweedie step x + sigma_L^2 * s(x, L). ``info``, if given, receives ``nfe``
+    (L * n_steps_each, plus 1 with ``denoise``).
+    """
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    if n_steps_each < 1 or step_lr <= 0:
+        raise ValueError(f"need n_steps_each >= 1 and step_lr > 0, got {n_steps_each} and {step_lr}")
+    check_schedule(sigmas, "annealed_langevin sigmas")
+    score_fn = Counted(score_fn)
+    x = x.detach().to(torch.float32).clone()
+    noise = torch.empty(x.shape, dtype=torch.float32, device=x.device)  # one buffer, refilled in place every step
+    sigma = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
+    levels = sigmas.detach().float().cpu()
+    for level, alpha in enumerate(step_sizes(sigmas, step_lr)):
+        sigma.fill_(levels[level])
+        if constraint is not None:
+            constraint(x, level, -1)
+        for step in range(n_steps_each):
+            # a bf16 score is added into the float32 chain without a float32 copy; the arithmetic is float32
+            langevin_update(x, score_fn(x, sigma), randn(x.shape, generator, out=noise), alpha, convention)
+            if constraint is not None:
+                constraint(x, level, step)
+            if callback is not None:
+                callback(level, step, x)
+    if denoise:
+        tweedie(score_fn, x, sigma, float(levels[-1]))
+    report(info, nfe=score_fn.calls)
+    return x

@@ -1,0 +1,294 @@
+"""The predictor-corrector, probability-flow ODE and Heun samplers against closed forms and direct implementations."""
+
+import math
+
+import pytest
+import torch
+
+from ncsn import (
+    CondRefineNetDilated,
+    ScoreModel,
+    SigmaOffLadderError,
+    annealed_langevin,
+    geometric_sigmas,
+    heun_sampler,
+    karras_sigmas,
+    ode_sampler,
+    pc_sampler,
+    uniform_init,
+)
+from ncsn.runtime import RuntimeOptions, score_function
+from ncsn.samplers import Counted, SamplerSettings, expected_nfe, run_sampler, schedule, step_sizes
+
+from .conftest import gaussian_score
+
+SIGMAS = geometric_sigmas(1.0, 0.01, 10)
+MU, S = 0.4, 0.2
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def flow_map(x, sigma_from, sigma_to, mu=MU, s=S):
+    """The exact probability-flow map for data N(mu, s^2 I): x - mu scales by sqrt((s^2 + to^2) / (s^2 + from^2))."""
+    return mu + (x - mu) * math.sqrt((s**2 + sigma_to**2) / (s**2 + sigma_from**2))
+
+
+def test_ald_corrector_steps_are_annealed_langevin_steps():
+    """alpha_i = eps (sigma_i / sigma_L)^2 = 2 (snr sigma_i)^2 when snr = sqrt(eps / (2 sigma_L^2))."""
+    eps = 2e-5
+    snr = math.sqrt(eps / (2 * float(SIGMAS[-1]) ** 2))
+    assert snr == pytest.approx(0.316, abs=5e-4)  # SPEC §9: 0.316 for NCSN v1
+    assert [2 * (snr * float(s)) ** 2 for s in SIGMAS] == pytest.approx(step_sizes(SIGMAS, eps), rel=1e-12)
+
+
+@pytest.mark.parametrize("network", [False, True])
+def test_corrector_only_pc_with_the_ald_corrector_reproduces_annealed_langevin(network, one_thread):
+    eps, steps = 2e-5, 5
+    snr = math.sqrt(eps / (2 * float(SIGMAS[-1]) ** 2))
+    if network:  # a level-conditioned v1 network runs pc on its own ladder
+        score = ScoreModel(CondRefineNetDilated(1, 4, 10), SIGMAS).eval()
+        shape, steps = (3, 1, 8, 8), 2
+    else:
+        score, shape = gaussian_score(MU, S, SIGMAS), (64, 1, 4, 4)
+    x0 = uniform_init(shape, generator=gen(1))
+    ald = annealed_langevin(score, x0, SIGMAS, steps, eps, generator=gen(7))
+    info = {}
+    pc = pc_sampler(score, x0, SIGMAS, predictor="none", corrector="ald", corrector_steps=steps, snr=snr,
+                    denoise=False, generator=gen(7), info=info)
+    # the same noise draws and moves; the step sizes differ in their last bits only (eps (s/sL)^2 vs 2 (snr s)^2)
+    assert torch.allclose(pc, ald, rtol=0, atol=1e-6)
+    assert info["nfe"] == 10 * steps
+
+
+def direct_reverse_diffusion(score, x, sigmas, generator, denoise):
+    """The reverse-diffusion predictor written out: x_mean = x + (s_i^2 - s_{i+1}^2) s, x = x_mean + sqrt(.) z."""
+    levels = sigmas.tolist() + [0.0]
+    for i in range(len(sigmas)):
+        var = levels[i] ** 2 - levels[i + 1] ** 2
+        mean = x + var * score(x, torch.full((x.shape[0],), levels[i]))
+        x = mean + math.sqrt(var) * torch.randn(x.shape, generator=generator)
+    return mean if denoise else x
+
+
+def direct_euler_maruyama(score, x, sigmas, generator, denoise):
+    """Euler-Maruyama of the reverse VE SDE in t = log sigma: dt = log(s_i / s_{i+1}), the last dt repeated."""
+    levels = sigmas.tolist()
+    dts = [math.log(levels[i] / levels[i + 1]) for i in range(len(levels) - 1)]
+    for i, dt in enumerate(dts + dts[-1:]):
+        g2 = 2 * levels[i] ** 2 * dt
+        mean = x + g2 * score(x, torch.full((x.shape[0],), levels[i]))
+        x = mean + math.sqrt(g2) * torch.randn(x.shape, generator=generator)
+    return mean if denoise else x
+
+
+@pytest.mark.parametrize("denoise", [True, False])
+@pytest.mark.parametrize("predictor, direct", [("reverse_diffusion", direct_reverse_diffusion),
+                                               ("euler_maruyama", direct_euler_maruyama)])
+def test_predictor_only_pc_equals_a_direct_implementation(predictor, direct, denoise):
+    score = gaussian_score(MU, S, SIGMAS)
+    sigmas = geometric_sigmas(3.0, 0.01, 30)
+    x0 = 3.0 * torch.randn(16, 1, 4, 4, generator=gen(0))
+    info = {}
+    out = pc_sampler(score, x0, sigmas, predictor=predictor, corrector="none", denoise=denoise, generator=gen(5),
+                     info=info)
+    assert torch.allclose(out, direct(score, x0, sigmas, gen(5), denoise), atol=1e-5)
+    assert info["nfe"] == 30
+
+
+def test_reverse_diffusion_on_a_gaussian_has_the_variance_of_its_recursion():
+    """For N(mu, s^2) the predictor is linear: x_{i+1} - mu = (1 - d_i / (s^2 + s_i^2)) (x_i - mu) + sqrt(d_i) z, so
+    the output variance follows v_{i+1} = a_i^2 v_i + d_i exactly; and the chain lands near N(mu, s^2)."""
+    sigmas = geometric_sigmas(3.0, 0.01, 200)
+    x0 = MU + math.sqrt(S**2 + 9.0) * torch.randn(40_000, 1, 1, 1, generator=gen(2))
+    out = pc_sampler(gaussian_score(MU, S, sigmas), x0, sigmas, corrector="none", denoise=False, generator=gen(3))
+    levels, var = sigmas.tolist() + [0.0], S**2 + 9.0
+    for i in range(len(sigmas)):
+        d = levels[i] ** 2 - levels[i + 1] ** 2
+        var = (1 - d / (S**2 + levels[i] ** 2)) ** 2 * var + d
+    assert out.var().item() == pytest.approx(var, rel=0.03)
+    assert out.mean().item() == pytest.approx(MU, abs=0.01)
+    assert var == pytest.approx(S**2, rel=0.05)
+
+
+def test_langevin_corrector_step_uses_the_per_example_snr_ratio():
+    score = gaussian_score(MU, S, SIGMAS)
+    sigmas, snr = torch.tensor([0.5]), 0.16
+    x0 = torch.rand(6, 1, 4, 4, generator=gen(0))
+    noisy = pc_sampler(score, x0, sigmas, predictor="none", corrector="langevin", snr=snr, denoise=False,
+                       generator=gen(4))
+    mean = pc_sampler(score, x0, sigmas, predictor="none", corrector="langevin", snr=snr, denoise=True,
+                      generator=gen(4))
+    z = torch.randn(x0.shape, generator=gen(4))
+    s = score(x0, torch.full((6,), 0.5))
+    step = 2 * (snr * z.flatten(1).norm(dim=1) / s.flatten(1).norm(dim=1)) ** 2
+    assert torch.allclose(mean, x0 + step.view(-1, 1, 1, 1) * s, atol=1e-6)
+    assert torch.allclose(noisy, mean + (2 * step).sqrt().view(-1, 1, 1, 1) * z, atol=1e-6)
+
+
+def test_pc_runs_a_v1_network_on_its_ladder_and_refuses_other_schedules(one_thread):
+    model = ScoreModel(CondRefineNetDilated(1, 4, 10), SIGMAS).eval()
+    x0 = torch.randn(2, 1, 8, 8, generator=gen(0))
+    assert torch.isfinite(pc_sampler(model, x0, SIGMAS, generator=gen(1))).all()
+    wrapped = score_function(model, RuntimeOptions(), "cpu")
+    with pytest.raises(SigmaOffLadderError, match="pc.*10-level ladder.*own ladder.*NCSNv2"):
+        pc_sampler(wrapped, x0, geometric_sigmas(1.0, 0.01, 20))
+
+
+@pytest.mark.parametrize("sampler, kwargs", [(heun_sampler, {}), (ode_sampler, {})])
+def test_heun_and_ode_refuse_a_level_conditioned_network_up_front(sampler, kwargs):
+    model = ScoreModel(CondRefineNetDilated(1, 4, 10), SIGMAS)
+    calls = Counted(model)
+    calls.level_conditioned, calls.sigmas = True, model.sigmas
+    for score in (model, score_function(model, RuntimeOptions(), "cpu"), calls):
+        with pytest.raises(SigmaOffLadderError, match="level-conditioned.*10-level ladder.*pc sampler.*NCSNv2"):
+            sampler(score, torch.zeros(1, 1, 8, 8), karras_sigmas(1.0, 0.01, 5), **kwargs)
+    assert calls.calls == 0
+
+
+@pytest.mark.parametrize("n", [1, 5, 18])
+def test_heun_spends_2n_minus_1_evaluations(n):
+    counted = Counted(gaussian_score(MU, S, SIGMAS))
+    info = {}
+    heun_sampler(counted, torch.randn(4, 1, 2, 2), karras_sigmas(5.0, 0.01, n), info=info)
+    assert info["nfe"] == counted.calls == 2 * n - 1
+    info = {}
+    heun_sampler(counted, torch.randn(4, 1, 2, 2), karras_sigmas(5.0, 0.01, n, rho=3.0), s_churn=40.0,
+                 generator=gen(0), info=info)
+    assert info["nfe"] == 2 * n - 1
+
+
+def test_heun_maps_a_gaussian_to_its_closed_form_with_second_order_error():
+    score = gaussian_score(MU, S, SIGMAS)
+    x0 = torch.tensor([MU + 3.0]).view(1, 1, 1, 1)
+    exact = flow_map(x0, 5.0, 0.0)
+    errors = [(heun_sampler(score, x0, karras_sigmas(5.0, 0.01, n)) - exact).abs().item() for n in (10, 20, 40)]
+    assert errors[0] / errors[1] > 3.5 and errors[1] / errors[2] > 3.5  # halving the steps quarters the error
+    assert errors[2] < 2e-3
+    samples = MU + math.sqrt(S**2 + 25.0) * torch.randn(40_000, 1, 1, 1, generator=gen(1))
+    out = heun_sampler(score, samples, karras_sigmas(5.0, 0.01, 35))
+    assert out.mean().item() == pytest.approx(MU, abs=0.005)
+    assert out.std().item() == pytest.approx(S, rel=0.02)
+
+
+def test_heun_churn_is_seeded_and_keeps_the_distribution():
+    score = gaussian_score(MU, S, SIGMAS)
+    sigmas = karras_sigmas(5.0, 0.01, 35)
+    x0 = MU + math.sqrt(S**2 + 25.0) * torch.randn(20_000, 1, 1, 1, generator=gen(1))
+    churn = {"s_churn": 20.0, "s_min": 0.05, "s_max": 2.0}
+    one = heun_sampler(score, x0, sigmas, generator=gen(3), **churn)
+    assert torch.equal(one, heun_sampler(score, x0, sigmas, generator=gen(3), **churn))
+    assert not torch.allclose(one, heun_sampler(score, x0, sigmas, generator=gen(4), **churn))
+    assert torch.equal(heun_sampler(score, x0, sigmas, generator=gen(3)), heun_sampler(score, x0, sigmas))
+    assert one.mean().item() == pytest.approx(MU, abs=0.01)
+    assert one.std().item() == pytest.approx(S, rel=0.03)
+
+
+def test_ode_maps_a_point_by_the_closed_form_within_its_tolerance():
+    score = gaussian_score(MU, S, SIGMAS)
+    x0 = torch.tensor([MU - 4.0, MU + 1.0, MU + 9.0]).view(3, 1, 1, 1).expand(3, 1, 2, 2).contiguous()
+    exact = flow_map(x0, 5.0, 0.01)
+    found = {}
+    for tol in (1e-3, 1e-5, 1e-7):
+        counted, info = Counted(score), {}
+        out = ode_sampler(counted, x0, torch.tensor([5.0, 0.01]), rtol=tol, atol=tol, info=info)
+        assert info["nfe"] == counted.calls and info["solver_steps"] >= 1
+        found[tol] = ((out - exact).abs().max().item(), info["nfe"])
+    assert found[1e-3][0] < 2e-3 and found[1e-5][0] < 2e-5 and found[1e-7][0] < 2e-6
+    assert found[1e-3][1] < found[1e-5][1] < found[1e-7][1]
+
+
+def test_ode_output_points_are_free_and_on_the_path_and_denoise_adds_one_step():
+    score = gaussian_score(MU, S, SIGMAS)
+    x0 = torch.full((2, 1, 2, 2), MU + 2.0)
+    seen, plain, dense = [], {}, {}
+    ode_sampler(score, x0, torch.tensor([5.0, 0.01]), info=plain)
+    ode_sampler(score, x0, geometric_sigmas(5.0, 0.01, 6), info=dense, callback=lambda i, s, x: seen.append((s, x)))
+    assert len(seen) == 5 and dense["nfe"] == plain["nfe"]
+    for sigma, x in seen:
+        assert torch.allclose(x, flow_map(x0, 5.0, sigma), atol=1e-4)
+    info = {}
+    out = ode_sampler(score, x0, torch.tensor([5.0, 0.01]), denoise=True, info=info)
+    end = flow_map(x0, 5.0, 0.01)
+    assert info["nfe"] == plain["nfe"] + 1
+    assert torch.allclose(out, end + 0.01**2 * score(end, torch.full((2,), 0.01)), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["ald", "pc", "ode", "heun"])
+def test_every_sampler_keeps_float32_with_a_bf16_score_and_reports_its_nfe(name):
+    exact = gaussian_score(MU, S, SIGMAS)
+
+    def score(x, sigma):
+        return exact(x, sigma).to(torch.bfloat16)
+
+    settings = SamplerSettings(name, n_steps_each=2, n_steps=4, rtol=1e-3, atol=1e-3, denoise=True)
+    info = {}
+    out = run_sampler(score, torch.rand(3, 1, 4, 4), SIGMAS, settings, generator=gen(0), info=info)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert info["nfe"] == (expected_nfe(settings, SIGMAS) or info["nfe"]) and info["nfe"] >= 4
+
+
+def test_run_sampler_is_the_named_sampler_on_the_schedule_from_the_ladder():
+    score = gaussian_score(MU, S, SIGMAS)
+    x0 = torch.randn(4, 1, 2, 2, generator=gen(0))
+    top, bottom = float(SIGMAS[0]), float(SIGMAS[-1])
+    heun = SamplerSettings("heun", n_steps=7, rho=5.0)
+    assert torch.equal(schedule(heun, SIGMAS), karras_sigmas(top, bottom, 7, rho=5.0))
+    assert torch.equal(run_sampler(score, x0, SIGMAS, heun), heun_sampler(score, x0, karras_sigmas(top, bottom, 7, 5.0)))
+    pc = SamplerSettings("pc", n_steps=25, snr=0.2, corrector_steps=2)
+    assert torch.equal(run_sampler(score, x0, SIGMAS, pc, generator=gen(1)),
+                       pc_sampler(score, x0, geometric_sigmas(top, bottom, 25), corrector_steps=2, snr=0.2,
+                                  denoise=False, generator=gen(1)))
+    assert torch.equal(schedule(SamplerSettings("pc"), SIGMAS), SIGMAS)
+    assert expected_nfe(pc, SIGMAS) == 75 and expected_nfe(heun, SIGMAS) == 13
+
+
+def test_karras_schedule_endpoints_spacing_and_final_zero():
+    sigmas = karras_sigmas(80.0, 0.002, 18)
+    assert len(sigmas) == 19 and sigmas[-1] == 0
+    assert sigmas[0].item() == pytest.approx(80.0) and sigmas[-2].item() == pytest.approx(0.002)
+    i = torch.arange(18, dtype=torch.float64)
+    ref = (80 ** (1 / 7) + i / 17 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
+    assert torch.allclose(sigmas[:-1].double(), ref, rtol=1e-6)
+    assert torch.allclose(karras_sigmas(3.0, 1.0, 3, rho=1.0), torch.tensor([3.0, 2.0, 1.0, 0.0]))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: karras_sigmas(1.0, 0.01, 0), "N must be >= 1"),
+    (lambda: karras_sigmas(1.0, 0.01, 5, rho=0.0), "rho must be positive"),
+    (lambda: karras_sigmas(0.01, 1.0, 5), "sigma_min must be below sigma_max"),
+    (lambda: karras_sigmas(1.0, 1.0, 5), "sigma_min must be below sigma_max"),
+    (lambda: pc_sampler(lambda x, s: x, torch.zeros(1, 1, 2, 2), SIGMAS, snr=0.0), "snr must be positive"),
+    (lambda: pc_sampler(lambda x, s: x, torch.zeros(1, 1, 2, 2), SIGMAS, predictor="none", corrector="none"),
+     "needs a predictor or a corrector"),
+    (lambda: ode_sampler(lambda x, s: x, torch.zeros(1, 1, 2, 2), SIGMAS[[0, -1]], rtol=0.0), "rtol and atol must be"),
+    (lambda: heun_sampler(lambda x, s: x, torch.zeros(1, 1, 2, 2), SIGMAS.flip(0)), "strictly descending"),
+    (lambda: pc_sampler(lambda x, s: x, torch.zeros(1, 1, 2, 2), torch.tensor([1.0, 0.5, 0.5])), "strictly descending"),
+    (lambda: ode_sampler(lambda x, s: x, torch.zeros(1, 1, 2, 2), torch.tensor([0.1, 1.0])), "strictly descending"),
+    (lambda: annealed_langevin(lambda x, s: x, torch.zeros(1, 1, 2, 2), SIGMAS.flip(0)), "strictly descending"),
+    (lambda: heun_sampler(lambda x, s: x, torch.zeros(1, 1, 2, 2), torch.tensor([1.0, 0.0, 0.0])), "the last may be 0"),
+    (lambda: heun_sampler(lambda x, s: x, torch.zeros(1, 1, 2, 2), karras_sigmas(1.0, 0.1, 3), s_noise=0.0),
+     "s_noise must be positive"),
+])
+def test_bad_sampler_input_is_one_clear_line(call, message):
+    with pytest.raises(ValueError, match=message) as err:
+        call()
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"sampler": "dpm"}, "sampling.sampler: unknown sampler 'dpm'; choose from ald, pc, ode, heun"),
+    ({"sampler": "heun", "n_steps": 0}, "sampling.n_steps: must be >= 1"),
+    ({"snr": -0.1}, "sampling.snr: must be positive"),
+    ({"rtol": 0.0}, "sampling.rtol: must be positive"),
+    ({"rho": 0.0}, "sampling.rho: must be positive"),
+    ({"s_min": 2.0, "s_max": 1.0}, "sampling.s_max: must be >= s_min"),
+])
+def test_bad_settings_are_refused_naming_the_key(changes, message):
+    from ncsn.samplers import validate
+
+    with pytest.raises(ValueError, match=message):
+        validate(SamplerSettings(**changes))
+    with pytest.raises(ValueError, match=message):
+        run_sampler(gaussian_score(MU, S, SIGMAS), torch.zeros(1, 1, 2, 2), SIGMAS, SamplerSettings(**changes))
