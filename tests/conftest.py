@@ -54,3 +54,27 @@ def gaussian_score(mu: float, s: float, sigmas: torch.Tensor):
         return -(x - mu) / var
 
     return score
+
+
+class TinyUnconditional(torch.nn.Module):
+    """A two-layer unconditional conv net (s = f(x)/sigma once wrapped): any sigma works, as for NCSNv2."""
+
+    level_conditioned = False
+
+    def __init__(self, in_channels: int, ngf: int, num_scales: int):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(in_channels, ngf, 3, padding=1), torch.nn.ELU(),
+                                        torch.nn.Conv2d(ngf, in_channels, 3, padding=1))
+
+    def forward(self, x):
+        return self.body(2 * x - 1)
+
+
+@pytest.fixture(scope="module")
+def unconditional_arch():
+    """Registers TinyUnconditional as model.arch=tiny_unconditional for the module's tests (in-process CLI runs)."""
+    from ncsn import score_model
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(score_model.ARCHITECTURES, "tiny_unconditional", TinyUnconditional)
+        yield "tiny_unconditional"
