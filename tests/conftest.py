@@ -61,7 +61,7 @@ class TinyUnconditional(torch.nn.Module):
 
     level_conditioned = False
 
-    def __init__(self, in_channels: int, ngf: int, num_scales: int):
+    def __init__(self, in_channels: int, ngf: int):
         super().__init__()
         self.body = torch.nn.Sequential(torch.nn.Conv2d(in_channels, ngf, 3, padding=1), torch.nn.ELU(),
                                         torch.nn.Conv2d(ngf, in_channels, 3, padding=1))

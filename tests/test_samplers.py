@@ -293,3 +293,18 @@ def test_bad_settings_are_refused_naming_the_key(changes, message):
         validate(SamplerSettings(**changes))
     with pytest.raises(ValueError, match=message):
         run_sampler(gaussian_score(MU, S, SIGMAS), torch.zeros(1, 1, 2, 2), SIGMAS, SamplerSettings(**changes))
+
+
+def test_an_ncsnv2_network_runs_every_sampler_and_the_likelihood(one_thread):
+    from ncsn import ModelConfig, bits_per_dim, build_score_model
+
+    model = build_score_model(ModelConfig(arch="ncsnv2", in_channels=1, ngf=4, sigma_max=2.0, sigma_min=0.05,
+                                          num_scales=6)).eval()
+    x0 = torch.rand(2, 1, 8, 8, generator=gen(0))
+    for name in ("pc", "heun", "ode"):
+        settings, info = SamplerSettings(name, n_steps=3, rtol=1e-2, atol=1e-2), {}
+        out = run_sampler(model, x0, model.sigmas, settings, generator=gen(1), info=info)
+        assert torch.isfinite(out).all() and info["nfe"] == (expected_nfe(settings, model.sigmas) or info["nfe"])
+    bpd = bits_per_dim(model, torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8), 0.05, 2.0, rtol=1e-2,
+                       atol=1e-2, generator=gen(2))
+    assert torch.isfinite(bpd).all()

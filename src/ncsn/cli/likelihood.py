@@ -16,7 +16,7 @@ from ..data import load_split
 from ..generate import batch_generator
 from ..likelihood import PROBES, bits_per_dim
 from ..samplers.common import require_any_sigma
-from .run import model_source, user_errors
+from .run import model_source, official_options, user_errors
 
 POSITIVE = click.FloatRange(min=0, min_open=True)
 
@@ -48,8 +48,9 @@ def interval(values: torch.Tensor) -> dict:
 
 @click.command("likelihood")
 @click.option("--workdir", type=click.Path(file_okay=False), help="Run folder (its latest checkpoint).")
-@click.option("--checkpoint", type=click.Path(dir_okay=True), help="Checkpoint or export.")
+@click.option("--checkpoint", type=click.Path(dir_okay=True), help="Checkpoint, export or official NCSNv2 .pth file.")
 @click.option("--ema/--no-ema", default=None, help="Use EMA weights [default: EMA when the checkpoint has them].")
+@official_options
 @click.option("--images", "source", default="test", metavar="test|train|FILE.npz",
               help="Images: the model dataset's test or train split, or an .npz of uint8 N x H x W x C images.")
 @click.option("--n", type=click.IntRange(min=1), default=None, help="Number of images [default: all of them].")
@@ -61,10 +62,12 @@ def interval(values: torch.Tensor) -> dict:
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... [default: cuda if available].")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the JSON report here.")
 @user_errors
-def likelihood_command(workdir, checkpoint, ema, source, n, batch_size, probe, rtol, atol, seed, device, out):
+def likelihood_command(workdir, checkpoint, ema, dataset, image_size, source, n, batch_size, probe, rtol, atol, seed,
+                       device, out):
     """Bits/dim under the probability-flow ODE (uniform dequantisation, 8-bit offset) of a sigma-scaled model."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, config, info = load_score_model(model_source(workdir, checkpoint), ema=ema, device=device)
+    model, config, info = load_score_model(model_source(workdir, checkpoint), ema=ema, device=device, dataset=dataset,
+                                           image_size=image_size)
     require_any_sigma(model, "the likelihood")
     images = likelihood_images(source, config)
     if n is not None and len(images) < n:
