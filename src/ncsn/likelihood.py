@@ -6,7 +6,8 @@ The divergence is Hutchinson's estimate e^T (df/dx) e with one probe e per image
 and held for the whole solve (so the ODE stays smooth), through one vector-Jacobian product per evaluation. Images
 are uniformly dequantised, x = (k + u)/256 for 8-bit values k, and bits/dim = -log2 p(x) / D + 8: the 8 converts the
 density on [0, 1]^D into the probability of a 1/256-wide bin per value, the numbers the literature reports.
-The solve is ``ncsn.samplers.ode``'s: torchdiffeq's dopri5, float32, the worst example controlling the steps.
+The solve is ``ncsn.samplers.ode``'s: torchdiffeq's dopri5, float32, the worst example controlling the steps; the
+network runs as given (the command line runs it eager in float32: the divergence needs its gradients).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import torch
 
 from .samplers.common import Counted, Generators, ScoreFn, randn, report, require_any_sigma, uniform_init
 from .samplers.ode import Flow, check_tolerances, probability_flow, solve
-from .schedules import check_schedule
 
 PROBES = ("rademacher", "gaussian")
 BITS_OFFSET = 8.0  # log2(256): a density on [0, 1] to the probability of one of 256 bins
@@ -59,7 +59,8 @@ def log_density(
     ``info`` receives ``nfe`` (evaluations, each with one backward pass) and ``solver_steps``.
     """
     require_any_sigma(score_fn, "the likelihood")
-    check_schedule(torch.tensor([float(sigma_max), float(sigma_min)]), "likelihood sigma range", min_len=2)
+    if not 0 < sigma_min < sigma_max < math.inf:
+        raise ValueError(f"likelihood: need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
     check_tolerances(rtol, atol, method)
     x = x.detach().to(torch.float32)
     probes = draw_probes(x.shape, probe, generator, x.device)
