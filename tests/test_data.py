@@ -1,7 +1,10 @@
 import gzip
 import pickle
+import shutil
 import struct
 import tarfile
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,24 +103,111 @@ def test_cifar_loader_refuses_pickled_code(tmp_path):
         load_split(DataConfig(dataset="cifar10", root=str(tmp_path), image_size=32, download=False), "test")
 
 
-def test_celeba_folder_center_crop_and_partition(tmp_path, monkeypatch):
+def make_celeba_images(folder, n=5, seed=0, suffix=".jpg"):
+    """n aligned-CelebA-shaped (218 x 178) RGB files named 000001.jpg ... in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    names = [f"{i:06d}{suffix}" for i in range(1, n + 1)]
+    for name in names:
+        Image.fromarray(rng.integers(0, 256, (218, 178, 3), dtype=np.uint8)).save(folder / name, quality=95)
+    return names
+
+
+def celeba_pixels(path, size, crop=140):
+    """The reference preprocessing written out: centre crop 140 of the 178 x 218 image, bilinear resize."""
+    left, top = (178 - crop) // 2, (218 - crop) // 2
+    img = Image.open(path).convert("RGB").crop((left, top, left + crop, top + crop))
+    img = img.resize((size, size), Image.BILINEAR)
+    return np.asarray(img).transpose(2, 0, 1)
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_celeba_folder_center_crop_and_partition(tmp_path, monkeypatch, size):
     monkeypatch.setenv("NCSN_DATA", str(tmp_path / "cache"))
     folder = tmp_path / "celeba" / "img_align_celeba"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    names = [f"{i:06d}.png" for i in range(1, 6)]
-    for name in names:
-        Image.fromarray(rng.integers(0, 256, (218, 178, 3), dtype=np.uint8)).save(folder / name)
+    names = make_celeba_images(folder, suffix=".png")
     (tmp_path / "celeba" / "list_eval_partition.txt").write_text(
         "\n".join(f"{n} {p}" for n, p in zip(names, [0, 0, 0, 1, 2])) + "\n"
     )
-    cfg = DataConfig(dataset="celeba", root=str(tmp_path / "celeba"), image_size=32, download=False)
+    cfg = DataConfig(dataset="celeba", root=str(tmp_path / "celeba"), image_size=size, download=False)
     train, test = load_split(cfg, "train"), load_split(cfg, "test")
-    assert train.images.shape == (3, 3, 32, 32) and test.images.shape == (1, 3, 32, 32)
-    img = Image.open(folder / names[0]).crop((19, 39, 159, 179)).resize((32, 32), Image.BILINEAR)
-    assert np.array_equal(train.images[0].permute(1, 2, 0).numpy(), np.asarray(img))
-    assert list((tmp_path / "cache" / "celeba").glob("train_32_*.npy"))  # preprocessed once, then cached
+    assert train.images.shape == (3, 3, size, size) and test.images.shape == (1, 3, size, size)
+    assert np.array_equal(train.images[2].numpy(), celeba_pixels(folder / names[2], size))
+    assert np.array_equal(test.images[0].numpy(), celeba_pixels(folder / names[4], size))
+    assert len(list((tmp_path / "cache" / "celeba").glob(f"img_align_celeba-train-{size}px-3c-*.npy"))) == 1
     assert torch.equal(load_split(cfg, "train").images, train.images)
+    cropped = load_split(DataConfig(dataset="celeba", root=str(tmp_path / "celeba"), image_size=size, center_crop=108,
+                                    download=False))
+    assert np.array_equal(cropped.images[0].numpy(), celeba_pixels(folder / names[0], size, crop=108))
+
+
+@pytest.mark.parametrize("layout", ["torchvision", "drive", "images_only"])
+def test_celeba_layouts_people_have(tmp_path, monkeypatch, layout):
+    """torchvision's celeba/ subfolder, Google Drive's Img/ + Eval/, and data.root at the image folder itself."""
+    monkeypatch.setenv("NCSN_DATA", str(tmp_path / "cache"))
+    image_dir = {"torchvision": "celeba/img_align_celeba", "drive": "Img/img_align_celeba",
+                 "images_only": "img_align_celeba"}[layout]
+    names = make_celeba_images(tmp_path / "data" / image_dir, n=10)
+    partition = {"torchvision": "celeba", "drive": "Eval"}.get(layout)
+    if partition:
+        (tmp_path / "data" / partition).mkdir(exist_ok=True)
+        (tmp_path / "data" / partition / "list_eval_partition.txt").write_text(
+            "".join(f"{n} {0 if i < 6 else 2 if i >= 8 else 1}\n" for i, n in enumerate(names)))
+    root = tmp_path / "data" / ("img_align_celeba" if layout == "images_only" else "")
+    cfg = DataConfig(dataset="celeba", root=str(root), image_size=16, download=False)
+    train, test = load_split(cfg, "train"), load_split(cfg, "test")
+    # with the partition: 6 train / 2 test; without it: the first 90% of the names / the rest
+    assert (len(train.images), len(test.images)) == ((6, 2) if partition else (9, 1))
+
+
+def test_celeba_download_extract_and_prepare_from_an_empty_folder(tmp_path, monkeypatch):
+    """The whole path on a fresh machine: download the zip and partition file, extract the zip, prepare, cache."""
+    import torchvision.datasets.utils as tv_utils
+
+    from ncsn.data import download
+
+    source = tmp_path / "served"
+    names = make_celeba_images(source / "img_align_celeba", n=8)
+    with zipfile.ZipFile(source / "img_align_celeba.zip", "w") as zf:
+        for name in names:
+            zf.write(source / "img_align_celeba" / name, f"img_align_celeba/{name}")
+    (source / "list_eval_partition.txt").write_text("".join(f"{n} {[0, 0, 0, 0, 0, 1, 2, 2][i]}\n"
+                                                            for i, n in enumerate(names)))
+    fetched = []
+
+    def from_local_file(file_id, root, filename=None, md5=None):
+        fetched.append(filename)
+        shutil.copy(source / filename, Path(root) / filename)
+
+    monkeypatch.setattr(tv_utils, "download_file_from_google_drive", from_local_file)
+    monkeypatch.setattr(download, "CELEBA_DRIVE", {name: (name, download.md5(source / name))
+                                                   for name in ("img_align_celeba.zip", "list_eval_partition.txt")})
+    monkeypatch.setenv("NCSN_DATA", str(tmp_path / "cache"))
+    cfg = DataConfig(dataset="celeba", image_size=64)
+    train, test = load_split(cfg, "train"), load_split(cfg, "test")
+    assert sorted(fetched) == ["img_align_celeba.zip", "list_eval_partition.txt"]
+    assert (len(train.images), len(test.images)) == (5, 2)
+    extracted = tmp_path / "cache" / "celeba" / "img_align_celeba"
+    assert sorted(p.name for p in extracted.iterdir()) == names
+    assert np.array_equal(train.images[4].numpy(), celeba_pixels(source / "img_align_celeba" / names[4], 64))
+    assert np.array_equal(test.images[1].numpy(), celeba_pixels(source / "img_align_celeba" / names[7], 64))
+    assert not [p for p in (tmp_path / "cache" / "celeba").iterdir() if ".extracting" in p.name or p.suffix == ".tmp"]
+    fetched.clear()
+    assert torch.equal(load_split(cfg, "train").images, train.images) and fetched == []  # nothing fetched again
+
+
+def test_celeba_download_with_a_bad_checksum_is_removed_and_reported(tmp_path, monkeypatch):
+    import torchvision.datasets.utils as tv_utils
+
+    def corrupt(file_id, root, filename=None, md5=None):
+        (Path(root) / filename).write_bytes(b"not the file")
+
+    monkeypatch.setattr(tv_utils, "download_file_from_google_drive", corrupt)
+    monkeypatch.setenv("NCSN_DATA", str(tmp_path / "cache"))
+    with pytest.raises(DatasetNotFoundError, match="download failed.*checksum mismatch") as err:
+        load_split(DataConfig(dataset="celeba", image_size=32))
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "cache" / "celeba" / "img_align_celeba.zip").exists()
 
 
 def test_missing_dataset_says_where_and_how(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from .data import DATASETS, DataConfig
+from .data import DATASETS, FOLDER_CHANNELS, DataConfig
 from .samplers import SamplerSettings
 from .samplers.settings import problems as sampler_problems
 from .score_model import ARCHITECTURES, ModelConfig
@@ -105,7 +105,7 @@ def _merge(base, *layers):
 
 def from_dict(values: dict) -> RunConfig:
     """Validate a plain nested dict (e.g. one read back from a checkpoint) into a RunConfig."""
-    config = OmegaConf.to_object(_merge(OmegaConf.structured(RunConfig), values))
+    config = _resolve(OmegaConf.to_object(_merge(OmegaConf.structured(RunConfig), values)))
     validate(config)
     return config
 
@@ -117,8 +117,15 @@ def load_config(name_or_path: str = "digits", overrides: list[str] | tuple[str, 
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         layers.append(OmegaConf.from_dotlist([item]))
-    config = OmegaConf.to_object(_merge(OmegaConf.structured(RunConfig), *layers))
+    config = _resolve(OmegaConf.to_object(_merge(OmegaConf.structured(RunConfig), *layers)))
     validate(config)
+    return config
+
+
+def _resolve(config: RunConfig) -> RunConfig:
+    """Folder images are converted to the model's channels unless data.channels is set (then the two must agree)."""
+    if config.data.dataset == "folder" and config.data.channels is None:
+        config.data.channels = config.model.in_channels
     return config
 
 
@@ -135,16 +142,36 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"config key '{key}': {message}")
 
 
+def _validate_data(d, m) -> None:
+    """Channels the images can give, the folder dataset's root, crop, split and memory settings."""
+    if d.dataset == "folder":
+        _check(d.root is not None, "data.root", "the folder dataset needs data.root=DIR (a folder of images)")
+        _check(m.in_channels in FOLDER_CHANNELS, "model.in_channels",
+               f"folder images convert to 1 (grey) or 3 (RGB) channels, got {m.in_channels}")
+        _check(d.channels == m.in_channels, "data.channels",
+               f"must equal model.in_channels ({m.in_channels}), got {d.channels}")
+    else:
+        channels = DATASETS[d.dataset].channels
+        has = f"{d.dataset} has {channels} channel(s)"
+        _check(m.in_channels == channels, "model.in_channels", f"{has}, got {m.in_channels}")
+        _check(d.channels in (None, channels), "data.channels", f"{has}, got {d.channels}")
+    _check(d.center_crop is None or d.center_crop >= 1, "data.center_crop",
+           f"must be >= 1 or null, got {d.center_crop}")
+    _check(d.center_crop is None or d.dataset in ("folder", "celeba"), "data.center_crop",
+           f"applies to image files (folder, celeba), not {d.dataset}")
+    _check(0 < d.test_fraction < 1, "data.test_fraction", f"must lie in (0, 1), got {d.test_fraction}")
+    _check(d.memory_budget_gb >= 0, "data.memory_budget_gb", f"must be >= 0, got {d.memory_budget_gb}")
+
+
 def validate(config: RunConfig) -> None:
     """Values that types alone cannot rule out: impossible sigmas, sizes, rates and cadences."""
     d, m, t, s = config.data, config.model, config.training, config.sampling
     _check(d.dataset in DATASETS, "data.dataset", f"unknown dataset {d.dataset!r}; choose from {sorted(DATASETS)}")
-    channels = DATASETS[d.dataset].channels
     _check(d.image_size >= 4 and d.image_size % 2 == 0, "data.image_size", f"must be even and >= 4, got {d.image_size}")
     _check(m.arch in ARCHITECTURES, "model.arch", f"unknown architecture {m.arch!r}; choose from {sorted(ARCHITECTURES)}")
     _check(m.scale_by_sigma or ARCHITECTURES[m.arch].level_conditioned, "model.scale_by_sigma",
            f"{m.arch} is unconditional and conditions by s = f(x)/sigma: set it to true")
-    _check(m.in_channels == channels, "model.in_channels", f"{d.dataset} has {channels} channel(s), got {m.in_channels}")
+    _validate_data(d, m)
     _check(m.ngf >= 1, "model.ngf", f"must be >= 1, got {m.ngf}")
     _check(m.sigma_min > 0, "model.sigma_min", f"must be positive, got {m.sigma_min}")
     _check(m.sigma_max > m.sigma_min, "model.sigma_max", f"must exceed model.sigma_min ({m.sigma_min}), got {m.sigma_max}")

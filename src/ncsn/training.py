@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from . import distributed
 from .config import RunConfig, from_dict, to_yaml
-from .data import load_split, prepare_batch
+from .data import load_split, prepare_batch, training_images
 from .generate import generate
 from .images import save_grid
 from .losses import dsm_loss
@@ -183,6 +183,7 @@ def _resolve_config(config: RunConfig, workdir: Path, resume: bool) -> tuple[Run
         raise RunFolderError(f"--resume: no checkpoint in {workdir / 'checkpoints'} to resume from")
     state = ckpt.load_training_state(existing[-1][1])
     saved = from_dict(state["config"])
+    saved.data.memory_budget_gb = config.data.memory_budget_gb  # where batches are read from, not what they are
     for section in ("data", "model"):
         if getattr(saved, section) != getattr(config, section):
             raise RunFolderError(f"--resume: the {section} section differs from the run's saved config; keep it as saved")
@@ -230,8 +231,8 @@ def train(
         start = state["step"]
         del state
 
-    train_images = load_split(config.data, "train").images.to(info.device)
-    test_images = load_split(config.data, "test").images[: t.eval_batch_size].to(info.device)
+    train_images = training_images(config.data, info.device)  # a device tensor, or memory-mapped beyond the budget
+    test_images = load_split(config.data, "test", limit=t.eval_batch_size).images.to(info.device)
     batches = EpochBatches(len(train_images), t.batch_size, t.seed, info.device)
     local = distributed.shard(t.batch_size, info.rank, info.world_size)
     net = prepare_model(DistributedDataParallel(model) if info.world_size > 1 else model, runtime, info.device)

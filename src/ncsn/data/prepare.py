@@ -1,0 +1,147 @@
+"""Image files to a cached uint8 array: decode, convert channels, centre-crop, anti-aliased resize, streamed to disk.
+
+Preparation runs once per file list and settings (the cache key); images are decoded by a few threads (Pillow
+releases the GIL while decoding and resizing) in chunks written straight to the cache file, so memory stays at a
+chunk however large the dataset is.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import warnings
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .cache import NpyWriter, cache_key, file_entries, open_cached, write_json_atomic
+from .catalog import DataConfig, DatasetNotFoundError, NeedsWrite, cache_dir, check_channels
+
+RESAMPLE = "bilinear"  # Pillow widens the filter when shrinking, so this is anti-aliased (torchvision's Resize)
+CHUNK = 256
+MAX_LISTED = 20
+
+
+class UnreadableImagesWarning(UserWarning):
+    """Some image files could not be decoded and were left out of the prepared array (one line lists them)."""
+
+
+class ImageTooSmallError(ValueError):
+    """An image is smaller than the centre crop the config asks for."""
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """What decides the prepared pixels: output side, channels (1 grey, 3 RGB) and the square centre crop."""
+
+    size: int
+    channels: int
+    crop: int | None
+
+    @property
+    def row_shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.size, self.size)
+
+
+def decode(path: Path, s: ImageSettings) -> np.ndarray:
+    """One image file as uint8 (C, size, size): grey or RGB, centre-cropped (``crop``, else the largest square),
+    then resized with Pillow's anti-aliased bilinear filter. Alpha is dropped."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        w, h = img.size
+        side = s.crop or min(w, h)
+        if w < side or h < side:
+            raise ImageTooSmallError(f"{path}: {w}x{h} px is smaller than the centre crop data.center_crop={side}")
+        if img.mode == "P" and "transparency" in img.info:
+            img = img.convert("RGBA")
+        img = img.convert("L" if s.channels == 1 else "RGB")
+        if (w, h) != (side, side):
+            left, top = (w - side) // 2, (h - side) // 2
+            img = img.crop((left, top, left + side, top + side))
+        if img.size != (s.size, s.size):
+            img = img.resize((s.size, s.size), Image.BILINEAR)
+        array = np.asarray(img, dtype=np.uint8)
+    return array.reshape(s.size, s.size, s.channels).transpose(2, 0, 1)
+
+
+def _unreadable_errors() -> tuple[type[BaseException], ...]:
+    from PIL import Image
+
+    return (OSError, SyntaxError, ValueError, EOFError, zlib.error, Image.DecompressionBombError)
+
+
+def _decode_or_none(path: Path, s: ImageSettings, unreadable: tuple) -> np.ndarray | None:
+    try:
+        return decode(path, s)
+    except ImageTooSmallError:
+        raise
+    except unreadable:
+        return None
+
+
+def _workers() -> int:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cpus))
+
+
+def prepare_files(files: list[Path], path: Path, s: ImageSettings, base: Path, label: str) -> list[str]:
+    """Decode ``files`` in order into the .npy at ``path`` (atomically); returns the skipped files, relative to base.
+
+    Unreadable or truncated files are skipped and listed in one warning line; an image smaller than the crop stops
+    preparation with an error naming it, and so does a list of which no file decodes.
+    """
+    start, skipped, unreadable = time.perf_counter(), [], _unreadable_errors()
+    with NpyWriter(path, s.row_shape) as writer, ThreadPoolExecutor(_workers()) as pool, \
+            tqdm(total=len(files), desc=f"preparing {label}", unit="img", disable=None) as bar:
+        for i in range(0, len(files), CHUNK):
+            chunk = files[i : i + CHUNK]
+            rows = list(pool.map(lambda p: _decode_or_none(p, s, unreadable), chunk))
+            skipped += [p.relative_to(base).as_posix() for p, row in zip(chunk, rows) if row is None]
+            kept = [row for row in rows if row is not None]
+            if kept:
+                writer.append(np.stack(kept))
+            bar.update(len(chunk))
+        if writer.rows == 0:
+            raise DatasetNotFoundError(f"{label}: none of the {len(files)} image files under {base} could be read "
+                                       f"as an image (first: {skipped[0]})")
+        writer.commit()
+    if skipped:
+        more = len(skipped) - MAX_LISTED
+        listed = ", ".join(skipped[:MAX_LISTED]) + (f" and {more} more" if more > 0 else "")
+        warnings.warn(f"{label}: skipped {len(skipped)} unreadable image file(s) under {base}: {listed}",
+                      UnreadableImagesWarning, stacklevel=2)
+    write_json_atomic(path.with_suffix(".json"), {
+        "images": len(files) - len(skipped), "files": len(files), "skipped": skipped, "base": str(base),
+        "size": s.size, "channels": s.channels, "center_crop": s.crop, "resample": RESAMPLE,
+        "seconds": round(time.perf_counter() - start, 3), "pid": os.getpid(),
+    })
+    return skipped
+
+
+def cached_images(config: DataConfig, split: str, base: Path, files: list[Path], crop: int | None,
+                  write: bool) -> np.memmap:
+    """The prepared (memory-mapped) uint8 array of ``files``, made first when no cache with this key exists.
+
+    Without ``write`` a missing cache raises NeedsWrite, so the caller can take the node lock and call again.
+    """
+    s = ImageSettings(config.image_size, check_channels(config), crop)
+    key = cache_key({"size": s.size, "channels": s.channels, "crop": s.crop, "resample": RESAMPLE},
+                    file_entries(base, files))
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", base.resolve().name) or "images"
+    path = cache_dir() / config.dataset / f"{label}-{split}-{s.size}px-{s.channels}c-{key}.npy"
+    cached = open_cached(path, s.row_shape)
+    if cached is not None:
+        return cached
+    if not write:
+        raise NeedsWrite
+    prepare_files(files, path, s, base, f"{config.dataset} {split}")
+    cached = open_cached(path, s.row_shape)
+    if cached is None:
+        raise DatasetNotFoundError(f"{path}: the prepared cache does not read back as a uint8 array")
+    return cached
