@@ -6,7 +6,8 @@ Generates N JPEG images (size x size, smooth random colour fields) in a temporar
 child process, which reports its wall time and its peak RSS against the RSS it had just before preparing (torch
 and Pillow imported). A second child re-opens the finished cache (what a second run pays). Then training steps of
 the `folder` config (plus --set overrides) are timed with the train split as a device tensor and as MappedImages
-over the cache, alternating the two; the batch gather + dequantise/flip alone is timed too. Prints JSON.
+over the cache, alternating the two; a batch alone (index + dequantise + flip: batch_ms) and the indexing alone
+(index_ms) are timed too. Prints JSON.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def main() -> None:
         model = build_score_model(config.model).to(device)
         optimizer = make_optimizer(model, t)
         batches = EpochBatches(len(sources["memory"]), batch, t.seed, device)
-        results = {name: {"step": [], "gather": []} for name in sources}
+        results = {name: {"step": [], "batch": [], "index": []} for name in sources}
         step_no = {"k": 0}
 
         def gather(images):
@@ -113,7 +114,9 @@ def main() -> None:
                 _, times = timed(lambda images=images: step(images), device, args.repeats, args.warmup or 1)
                 results[name]["step"] += times
                 _, times = timed(lambda images=images: gather(images), device, 50, 2)
-                results[name]["gather"] += times
+                results[name]["batch"] += times
+                _, times = timed(lambda images=images: images[batches.indices(step_no["k"])], device, 200, 2)
+                results[name]["index"] += times
         sync(device)
     report = {
         "benchmark": "data_path",
@@ -126,8 +129,8 @@ def main() -> None:
     for name, r in results.items():
         report[name] = {"seconds_per_step": {k: round(v, 4) if isinstance(v, float) else v
                                              for k, v in spread(r["step"]).items()},
-                        "gather_ms": {k: round(1000 * v, 3) if isinstance(v, float) else v
-                                      for k, v in spread(r["gather"]).items()}}
+                        **{f"{part}_ms": {k: round(1000 * v, 3) if isinstance(v, float) else v
+                                          for k, v in spread(r[part]).items()} for part in ("batch", "index")}}
     print(json.dumps(report, indent=2))
 
 
