@@ -94,3 +94,16 @@ def test_torchrun_on_an_empty_cache_prepares_once_and_trains(tmp_path, images_fo
     assert [json.loads(p.read_text())["images"] for p in sorted(cache.glob("*.json"))] == [2, 42]  # test, train
     rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["processes"] == 2 and list_checkpoints(tmp_path / "run")[-1][0] == 2
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu_check.sh runs these)")
+def test_cuda_memory_mapped_batches_equal_the_device_tensors(images_folder):
+    cfg = DataConfig(dataset="folder", root=str(images_folder), image_size=8, random_flip=True)
+    on_device = training_images(cfg, "cuda")
+    mapped = training_images(DataConfig(**{**cfg.__dict__, "memory_budget_gb": 0.0}), "cuda")
+    batches = EpochBatches(len(on_device), 8, seed=3, device="cuda")
+    for step in range(8):
+        a = prepare_batch(on_device[batches.indices(step)], _seeded(3, 3, step, "cuda"), True, True)
+        b = prepare_batch(mapped[batches.indices(step)], _seeded(3, 3, step, "cuda"), True, True)
+        assert a.device.type == b.device.type == "cuda" and torch.equal(a, b), step
