@@ -1,11 +1,18 @@
 """Shared fixtures: small deterministic settings so the suite runs on two CPU cores."""
 
+import atexit
+import os
 import pathlib
+import shutil
+import tempfile
 
 import pytest
 import torch
 
 DATA = pathlib.Path(__file__).parent / "data"
+# precision "auto" may time and cache a trial on CPUs with native bf16: never in the user's own ~/.cache
+os.environ["NCSN_CACHE"] = tempfile.mkdtemp(prefix="ncsn-test-cache-")
+atexit.register(shutil.rmtree, os.environ["NCSN_CACHE"], True)
 
 
 @pytest.fixture(autouse=True)

@@ -65,12 +65,14 @@ def test_compiled_chain_has_the_fp32_mean_and_variance(fp32_stats):
 
 
 def test_autocast_is_a_noop_for_fp32_and_bf16_where_asked():
-    with autocast(RuntimeOptions(), "cpu"):
+    with autocast(RuntimeOptions(precision="fp32"), "cpu"):
         assert not torch.is_autocast_enabled("cpu")
     with autocast(RuntimeOptions(precision="bf16"), "cpu"):
         assert torch.is_autocast_enabled("cpu")
     with pytest.raises(ValueError, match="precision"):
         RuntimeOptions(precision="fp16")
+    with pytest.raises(ValueError, match="resolve"):  # "auto" is decided before the network runs, never guessed
+        autocast(RuntimeOptions(), "cpu")
 
 
 def test_channels_last_network_matches_contiguous_outputs_and_gradients():
@@ -151,6 +153,26 @@ def test_train_and_sample_commands_take_the_options(tmp_path):
     bad = CliRunner().invoke(main, ["sample", "--workdir", str(tmp_path / "run"), "--precision", "fp16", "--out",
                                     str(out)])
     assert bad.exit_code == 2 and "fp16" in bad.output
+
+
+def test_commands_default_to_auto_and_record_what_it_chose(tmp_path, monkeypatch):
+    from ncsn import autotune
+
+    monkeypatch.setattr(autotune, "cpu_info", lambda path=None: ("CPU without bf16", frozenset({"avx2"})))
+    for command in ("train", "sample", "inpaint", "eval", "demo"):
+        help_text = CliRunner().invoke(main, [command, "--help"]).output
+        assert "[auto|fp32|bf16]" in help_text and "default: auto" in help_text, command
+    sets = ["model.ngf=4", "training.n_iters=1", "training.batch_size=16", "training.sample_n=4",
+            "sampling.n_steps_each=1", "training.ema=false"]
+    train(load_config("digits", sets), tmp_path / "run", device="cpu", progress=False)
+    record = json.loads((tmp_path / "run" / "runtime.json").read_text())
+    assert (record["precision"], record["requested"], record["compile"]) == ("fp32", "auto", False)
+    out = tmp_path / "samples"
+    res = CliRunner().invoke(main, ["sample", "--workdir", str(tmp_path / "run"), "--n", "4", "--batch-size", "4",
+                                    "--steps-each", "1", "--out", str(out), "--device", "cpu"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    meta = json.loads((out / "sample_config.json").read_text())
+    assert (meta["precision"], meta["channels_last"]) == ("fp32", False)  # decided, not "auto"/None: 8x8 is NCHW
 
 
 def test_cudnn_autotuning_is_on_for_cuda_training_only(monkeypatch):

@@ -79,6 +79,58 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     assert steps == list(range(5, 61, 5))  # rows after the checkpoint were dropped, then rewritten
 
 
+def test_resume_reuses_the_recorded_precision_instead_of_deciding_again(tmp_path, monkeypatch, capsys):
+    from ncsn import autotune, runtime
+    from ncsn.runtime import RuntimeOptions
+
+    monkeypatch.setenv("NCSN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(autotune, "_decided", {})
+    monkeypatch.setattr(runtime, "_announced", set())
+    monkeypatch.setattr(autotune, "cpu_info", lambda path=None: ("CPU with AMX", frozenset({"amx_bf16"})))
+    clock = [0.0]
+
+    def favours_bf16(*args, **kwargs):  # a trial in which bf16 takes half the time
+        return lambda precision: clock.__setitem__(0, clock[0] + (1.0 if precision == "bf16" else 2.0))
+
+    monkeypatch.setattr(runtime, "trial_workload", favours_bf16)
+    monkeypatch.setattr(autotune, "perf_counter", lambda: clock[0])
+    sets = TINY + ["training.ema=false", "training.eval_every=1000"]
+    run = tmp_path / "auto"
+    train(load_config("digits", sets + ["training.n_iters=5"]), run, device="cpu", progress=False,
+          runtime=RuntimeOptions())
+    record = json.loads((run / "runtime.json").read_text())
+    assert (record["precision"], record["requested"], record["channels_last"]) == ("bf16", "auto", False)
+    assert record["machine"]["cpu"] == "CPU with AMX" and "timed trial" in record["reason"]
+
+    # Resumed where the rule would now pick fp32 (no native bf16) and any trial is an error: the record decides.
+    monkeypatch.setattr(autotune, "_decided", {})
+    monkeypatch.setattr(autotune, "cpu_info", lambda path=None: ("CPU without", frozenset({"avx2"})))
+    monkeypatch.setattr(runtime, "trial_workload", lambda *a, **k: pytest.fail("the resumed run ran a trial"))
+    capsys.readouterr()
+    train(load_config("digits", sets + ["training.n_iters=10"]), run, resume=True, device="cpu", progress=False,
+          runtime=RuntimeOptions())
+    assert "precision bf16 for the resumed run: recorded in" in capsys.readouterr().err
+    assert json.loads((run / "runtime.json").read_text())["precision"] == "bf16"
+    straight = tmp_path / "straight"
+    train(load_config("digits", sets + ["training.n_iters=10"]), straight, device="cpu", progress=False,
+          runtime=RuntimeOptions(precision="bf16"))
+    a, b = final_state(straight)["model"], final_state(run)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical to the uninterrupted bf16 run
+
+    (run / "runtime.json").write_text("{broken")
+    with pytest.raises(ValueError, match="runtime.json is unreadable.*--precision fp32 or bf16"):
+        train(load_config("digits", sets + ["training.n_iters=15"]), run, resume=True, device="cpu",
+              progress=False, runtime=RuntimeOptions())
+    capsys.readouterr()
+    train(load_config("digits", sets + ["training.n_iters=15"]), run, resume=True, device="cpu", progress=False,
+          runtime=RuntimeOptions(precision="fp32"))  # an explicit choice resumes and is recorded
+    assert json.loads((run / "runtime.json").read_text())["precision"] == "fp32"
+    (run / "runtime.json").unlink()  # a run folder from before the record trained in fp32, the default then
+    train(load_config("digits", sets + ["training.n_iters=20"]), run, resume=True, device="cpu", progress=False,
+          runtime=RuntimeOptions())
+    assert "precision fp32 for the resumed run: no runtime.json" in capsys.readouterr().err
+
+
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     calls = {"n": 0}
     real = training.dsm_loss

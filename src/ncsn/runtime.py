@@ -1,27 +1,36 @@
 """How a model runs (torch.compile, bf16 autocast, channels_last), kept apart from what the model is (its config).
 
 Every option leaves results statistically the same: autocast touches the network only, and the Langevin and
-loss arithmetic stay in float32. The defaults (fp32, eager, channels_last decided per use) are the fastest on CPUs.
+loss arithmetic stay in float32. Left to the library (precision "auto", channels_last None) each is decided for the
+device and the shapes at the first use (``resolve``); compile is used only when asked.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import json
+import sys
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 from torch import nn
 
-PRECISIONS = ("fp32", "bf16")
+from . import autotune
+
+PRECISIONS = ("auto", "fp32", "bf16")
+RUN_RECORD = "runtime.json"  # a training run's resolved options, in its folder
+_announced: set[str] = set()
 
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """``compile``: torch.compile the network; ``precision``: bf16 autocast for the network; ``channels_last``:
-    True/False, or None to decide per use (see ``wants_channels_last``)."""
+    """``compile``: torch.compile the network; ``precision``: "fp32", "bf16" (autocast for the network) or "auto"
+    (see ``resolve``); ``channels_last``: True/False, or None to decide per use (see ``wants_channels_last``)."""
 
     compile: bool = False
-    precision: str = "fp32"
+    precision: str = "auto"
     channels_last: bool | None = None
 
     def __post_init__(self):
@@ -34,7 +43,9 @@ def _device_type(device) -> str:
 
 
 def autocast(options: RuntimeOptions, device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on devices that support it; a no-op for fp32 and elsewhere."""
+    """bf16 autocast on devices that support it; a no-op for fp32 and elsewhere. "auto" must be resolved first."""
+    if options.precision == "auto":
+        raise ValueError("precision 'auto' is decided by ncsn.runtime.resolve before the network runs")
     device_type = _device_type(device)
     if options.precision == "bf16" and torch.amp.is_autocast_available(device_type):
         return torch.autocast(device_type, dtype=torch.bfloat16)
@@ -73,20 +84,161 @@ def prepare_model(model, options: RuntimeOptions, device, sampling: bool = False
 def score_function(model, options: RuntimeOptions, device):
     """The sampler's ``score_fn(x, sigma)``: the prepared network (or any score callable) under autocast.
 
-    The score comes back in the network's dtype; the sampler adds it into its float32 chain. channels_last left to
-    us is settled at the first call, from the image size (``wants_channels_last``). The wrapper carries the model's
-    ``level_conditioned`` and ``sigmas``, so samplers that need sigmas off a v1 ladder refuse it up front.
+    The score comes back in the network's dtype; the sampler adds it into its float32 chain. What is left to us
+    (precision "auto", channels_last None) is settled at the first call, from x's shape (``resolve``). The wrapper
+    carries the model's ``level_conditioned`` and ``sigmas``, so samplers that need sigmas off a v1 ladder refuse it
+    up front.
     """
     state = {}
 
     def score(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if not state:
-            last = wants_channels_last(options, x.device, x.shape[-1], training=False)
-            state["format"] = torch.channels_last if last else torch.contiguous_format
-            state["net"] = prepare_model(model, replace(options, channels_last=last), device, sampling=True)
-        with autocast(options, x.device):
+            state["options"] = resolved = resolve(options, model, x.device, tuple(x.shape), training=False)
+            state["format"] = torch.channels_last if resolved.channels_last else torch.contiguous_format
+            state["net"] = prepare_model(model, resolved, device, sampling=True)
+        with autocast(state["options"], x.device):
             return state["net"](x.contiguous(memory_format=state["format"]), sigma)
 
     score.level_conditioned = bool(getattr(model, "level_conditioned", False))  # what the samplers check
     score.sigmas = getattr(model, "sigmas", None)
     return score
+
+
+def native_bf16(device) -> bool:
+    """Whether ``device`` has bf16 arithmetic in hardware (see ``autotune.cpu_has_native_bf16`` for CPUs)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return autotune.cpu_has_native_bf16()
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return False
+
+
+def announce(line: str) -> None:
+    """Print a line to stderr once per process (a choice made, or a warning about one)."""
+    if line not in _announced:
+        _announced.add(line)
+        print(line, file=sys.stderr, flush=True)
+
+
+def trial_key(model, shape, training: bool, channels_last: bool) -> str:
+    """What a timed trial is valid for besides the machine: the work, the network, the shape, the layout, threads."""
+    net = getattr(model, "net", model)
+    params = sum(p.numel() for p in model.parameters()) if isinstance(model, nn.Module) else 0
+    layout = "channels_last" if channels_last else "nchw"
+    return (f"{'train' if training else 'sample'} {type(net).__name__} {params} params "
+            f"{'x'.join(map(str, shape))} {layout} {torch.get_num_threads()} threads")
+
+
+def trial_workload(model, device, shape, training: bool, channels_last: bool):
+    """``run(precision)``: one iteration of the run's work on a copy of the network (the run's own weights,
+    gradients and layout stay untouched): forward + backward of a squared-output loss for training, a no-grad
+    forward for sampling. Inputs come from a private generator, so the global random state is not used."""
+    net = copy.deepcopy(model) if isinstance(model, nn.Module) else model
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if isinstance(net, nn.Module):
+        net.train(training)
+        if channels_last:
+            net.to(memory_format=fmt)
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.rand(shape, generator=gen, device=device).contiguous(memory_format=fmt)
+    sigmas = getattr(model, "sigmas", None)
+    if sigmas is not None:
+        sigma = sigmas.to(device)[torch.randint(len(sigmas), (shape[0],), generator=gen, device=device)]
+    else:
+        sigma = torch.ones(shape[0], device=device)
+
+    def run(precision: str) -> None:
+        with torch.set_grad_enabled(training), autocast(RuntimeOptions(precision=precision), device):
+            out = net(x, sigma)
+        if training:
+            out.float().square().mean().backward()
+            for p in net.parameters():
+                p.grad = None
+
+    return run
+
+
+def choose_precision(model, device, shape, training: bool, channels_last: bool) -> autotune.Choice:
+    """The rule behind precision "auto". CPU: fp32 unless it has native bf16 dot products, then the faster of the
+    two in a timed trial of this network at this shape (cached per machine). CUDA: fp32, conservatively, until bf16
+    is measured on a GPU (PyTorch's own TF32 setting for cuDNN convolutions is left as it is); elsewhere fp32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return autotune.Choice("fp32", "CUDA keeps float32 until bf16 is measured on a GPU; --precision bf16 opts in")
+    if device.type != "cpu":
+        return autotune.Choice("fp32", f"no bf16 rule for {device.type} devices")
+    key = trial_key(model, shape, training, channels_last)
+    return autotune.choose_cpu_precision(key, lambda: trial_workload(model, device, shape, training, channels_last))
+
+
+def resolve_with_reason(options: RuntimeOptions, model, device, shape, training: bool) -> tuple[RuntimeOptions, str]:
+    """``resolve`` and the reason for its precision (for the run's record)."""
+    device = torch.device(device)
+    resolved = replace(options, channels_last=wants_channels_last(options, device, shape[-1], training))
+    if options.precision == "bf16" and not native_bf16(device):
+        announce(f"warning: --precision bf16 on a {device.type} without native bf16 arithmetic (on CPUs: no "
+                 "avx512_bf16/amx_bf16): it is emulated, expect it slower than fp32; proceeding as asked")
+    if options.precision != "auto":
+        return resolved, "asked for"
+    choice = choose_precision(model, device, shape, training, resolved.channels_last)
+    announce(f"precision auto -> {choice.precision}: {choice.reason}")
+    return replace(resolved, precision=choice.precision), choice.reason
+
+
+def resolve(options: RuntimeOptions, model, device, shape, training: bool) -> RuntimeOptions:
+    """The concrete options for running ``model`` on batches of ``shape`` (N, C, H, W) on ``device``: channels_last
+    None by ``wants_channels_last``, precision "auto" by ``choose_precision`` (printed once per process). Explicit
+    choices win; an explicit bf16 where the device has no native bf16 runs as asked, with a one-line warning."""
+    return resolve_with_reason(options, model, device, shape, training)[0]
+
+
+def read_run_record(path: Path) -> dict | None:
+    """The options a run recorded (None when it has no record). A record that cannot be read is an error, not
+    a guess: it decides how a resumed run computes."""
+    if not path.exists():
+        return None
+    hint = "pass --precision fp32 or bf16 to resume with an explicit choice"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is unreadable ({type(err).__name__}); {hint}") from None
+    if not isinstance(data, dict) or data.get("precision") not in ("fp32", "bf16"):
+        raise ValueError(f"{path} records no precision (fp32 or bf16); {hint}")
+    return data
+
+
+def settle_run(options: RuntimeOptions, workdir, resuming: bool, model, device, shape) -> RuntimeOptions:
+    """A training run's options, written to ``workdir/runtime.json`` (main process only).
+
+    Resumed with precision "auto", the run takes the recorded precision instead of deciding again (a new trial
+    could answer differently), so it repeats the uninterrupted run bit for bit; a folder without a record predates
+    it and trained with the default of the time, fp32. An explicit --precision wins, and is recorded, with a
+    warning when it changes the run's precision.
+    """
+    path = Path(workdir) / RUN_RECORD
+    recorded = None
+    if resuming:
+        try:
+            recorded = read_run_record(path)
+        except ValueError:
+            if options.precision == "auto":
+                raise
+    if resuming and options.precision == "auto":
+        precision = recorded["precision"] if recorded else "fp32"
+        requested = recorded.get("requested", "auto") if recorded else "auto"
+        reason = (f"recorded in {path} when the run started" if recorded
+                  else f"no {RUN_RECORD}: the run predates the record, when fp32 was the default")
+        announce(f"precision {precision} for the resumed run: {reason}")
+        resolved = resolve(replace(options, precision=precision), model, device, shape, training=True)
+    else:
+        if recorded and recorded["precision"] != options.precision:
+            announce(f"warning: the run trained in {recorded['precision']} so far and continues in "
+                     f"{options.precision}: not bit-identical to an uninterrupted run")
+        resolved, reason = resolve_with_reason(options, model, device, shape, training=True)
+        requested = options.precision
+    record = {"precision": resolved.precision, "requested": requested, "reason": reason,
+              "channels_last": bool(resolved.channels_last), "compile": resolved.compile, "device": str(device),
+              "machine": autotune.machine_fingerprint()}
+    autotune.atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    return resolved

@@ -24,7 +24,7 @@ from .data import load_split, prepare_batch, training_images
 from .generate import generate
 from .images import save_grid
 from .losses import dsm_loss
-from .runtime import RuntimeOptions, autocast, prepare_model
+from .runtime import RuntimeOptions, autocast, prepare_model, resolve, settle_run
 from .samplers import check_fits
 from .score_model import build_score_model
 
@@ -103,8 +103,13 @@ def train_step(net, model, optimizer, x, labels, noise, sigmas, t, ema=None,
     """One optimisation step on a drawn batch; returns the mean loss as a device tensor (nothing waits for it).
 
     ``net`` is what the forward pass calls (the model, or its DDP/compiled wrapper); ``model`` owns the parameters.
+    ``runtime`` defaults to fp32; a precision left to the library ("auto") is decided at the first call and
+    remembered by the process (``ncsn.runtime.resolve``); ``train`` passes it decided.
     """
-    with autocast(runtime or RuntimeOptions(), x.device):
+    runtime = runtime or RuntimeOptions(precision="fp32")
+    if runtime.precision == "auto":
+        runtime = resolve(runtime, model, x.device, tuple(x.shape), training=True)
+    with autocast(runtime, x.device):
         losses = dsm_loss(net, x, sigmas, labels, t.anneal_power, noise=noise)
     loss = losses.mean()
     optimizer.zero_grad(set_to_none=True)
@@ -202,6 +207,8 @@ def train(
 
     Launch under ``torchrun --nproc_per_node=N`` for data-parallel training; every rank runs this same function.
     ``runtime`` (compile, bf16 autocast, channels_last) changes speed, not the run: it is not part of the config.
+    What it leaves to the library is decided once, on the main process, and recorded in ``runtime.json``; a resumed
+    run reuses the recorded precision (``ncsn.runtime.settle_run``).
     """
     runtime = runtime or RuntimeOptions()
     workdir = Path(workdir)
@@ -214,6 +221,10 @@ def train(
     if info.is_main:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.yaml").write_text(to_yaml(config))
+    shape = (t.batch_size // info.world_size, config.model.in_channels, config.data.image_size, config.data.image_size)
+    if info.is_main:
+        runtime = settle_run(runtime, workdir, state is not None, model, info.device, shape)
+    runtime = distributed.from_main(runtime)
     if runtime.channels_last:  # before the optimizer and the EMA copy, so their tensors share the layout
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, t)

@@ -18,7 +18,7 @@ from ..config import ConfigError, load_config, named_configs
 from ..data import DATASETS, DatasetNotFoundError, to_uint8_hwc
 from ..generate import generate
 from ..images import save_grid, save_progression
-from ..runtime import PRECISIONS, RuntimeOptions
+from ..runtime import PRECISIONS, RuntimeOptions, resolve
 from ..samplers import used_settings
 from .sampler_options import apply_sampler_options, sampler_options
 from ..training import NonFiniteLossError, RunFolderError, train
@@ -59,9 +59,12 @@ def runtime_options(func):
     options = [
         click.option("--compile/--no-compile", "compile", default=False, expose_value=False, callback=_store_runtime,
                      help="torch.compile the network (CUDA graphs for sampling on CUDA)."),
-        click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+        click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
                      expose_value=False, callback=_store_runtime,
-                     help="bf16 autocasts the network; the Langevin and loss arithmetic stay float32."),
+                     help="bf16 autocasts the network (the Langevin and loss arithmetic stay float32). auto: bf16 only "
+                          "on a CPU with native bf16 (avx512_bf16/AMX) where a first-use timed trial, cached in "
+                          "$NCSN_CACHE or ~/.cache/ncsn, finds it faster; fp32 elsewhere, CUDA included. A resumed "
+                          "run keeps its recorded precision."),
         click.option("--channels-last/--no-channels-last", "channels_last", default=None, expose_value=False,
                      callback=_store_runtime,
                      help="channels_last memory format [default: for sampling on a CPU from 16x16 images up]."),
@@ -134,12 +137,14 @@ def nfe_summary(per_batch: list[int]) -> dict:
 def sample_to_folder(model, config, info, n, seed, out, dist_info, progression=False, runtime=None) -> dict:
     """Draw n samples (this rank's share), merge on rank 0, write samples.npz, grid.png and the progression.
 
-    ``runtime`` defaults to the running command's --compile/--precision/--channels-last.
+    ``runtime`` defaults to the running command's --compile/--precision/--channels-last; what they leave to the
+    library is decided here and written to sample_config.json.
     """
-    runtime = runtime or current_runtime()
+    shape = (config.model.in_channels, config.data.image_size, config.data.image_size)
+    first_batch = (min(config.sampling.batch_size, n), *shape)
+    runtime = resolve(runtime or current_runtime(), model, dist_info.device, first_batch, training=False)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    shape = (config.model.in_channels, config.data.image_size, config.data.image_size)
     start = time.perf_counter()
     spent: dict = {}
     indices, images, frames = generate(
