@@ -24,7 +24,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5, help="timed repeats")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls first [default: 1, 3 when compiled]")
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="bf16 autocasts the network")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="bf16 autocasts the network [default: auto, the library's choice (ncsn.runtime.resolve)]")
     p.add_argument("--channels-last", action="store_const", const=True, default=None,
                    help="channels_last memory format [default: the library's choice, ncsn.runtime.wants_channels_last]")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False)

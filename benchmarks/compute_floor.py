@@ -5,8 +5,9 @@ for it: the floor that any speed-up of the library is bounded by. Prints JSON.
     python benchmarks/compute_floor.py --config cifar10 --device cuda
 
 FLOPs are counted by ``torch.utils.flop_counter`` (convolutions and matrix products, forward and backward; the
-elementwise work is not counted). The rate is the device's float32 matrix-multiply throughput on a large square
-product (median of the repeats). floor = FLOPs / rate: every convolution as fast as the best matmul, all else free.
+elementwise work is not counted). The rates are the device's matrix-multiply throughput on a large square product
+(median of the repeats), in float32 and in bf16. floor = FLOPs / rate: every convolution as fast as the best matmul
+of that precision, all else free. On CPUs without native bf16 the bf16 rate is an emulation's, far below float32.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from common import machine, parser, setup, timed
 from torch.utils.flop_counter import FlopCounterMode
 
+from ncsn.runtime import native_bf16
 from ncsn.score_model import build_score_model
 from ncsn.training import make_optimizer, train_step
 
@@ -28,15 +30,20 @@ def counted_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def matmul_rate(device: torch.device, repeats: int, size: int = 4096) -> float:
-    """float32 FLOP/s of a size x size matrix product (plain float32: PyTorch keeps TF32 off for matmuls by default)."""
-    a, b = (torch.randn(size, size, device=device) for _ in range(2))
+def matmul_rate(device: torch.device, repeats: int, size: int = 4096, dtype=torch.float32) -> float:
+    """FLOP/s of a size x size matrix product in ``dtype`` (float32 is plain float32: PyTorch keeps TF32 off for
+    matmuls by default)."""
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     _, times = timed(lambda: a @ b, device, max(repeats, 3), warmup=1)
     return 2 * size**3 / statistics.median(times)
 
 
 def main() -> None:
-    args = parser(__doc__).parse_args()
+    p = parser(__doc__)
+    p.add_argument("--bf16-size", type=int, default=None,
+                   help="side of the bf16 product [default: 4096 with native bf16, else 1024: an emulated bf16 "
+                        "4096^2 product took ~20 minutes on a 2-core AVX2 CPU]")
+    args = p.parse_args()
     config, _, device, batch, _ = setup(args)
     torch.manual_seed(0)
     model = build_score_model(config.model).to(device)
@@ -48,6 +55,8 @@ def main() -> None:
     with torch.no_grad():
         forward = counted_flops(lambda: model.at_levels(x, labels))
     rate = matmul_rate(device, args.repeats)
+    bf16_size = args.bf16_size or (4096 if native_bf16(device) else 1024)
+    bf16_rate = matmul_rate(device, args.repeats, size=bf16_size, dtype=torch.bfloat16)
     print(json.dumps({
         "benchmark": "compute_floor",
         "machine": machine(device),
@@ -58,6 +67,10 @@ def main() -> None:
         "matmul_gflop_per_s": round(rate / 1e9, 1),
         "floor_seconds_per_train_step": round(step / rate, 3),
         "floor_seconds_per_network_evaluation": round(forward / rate, 3),
+        "bf16_matmul": {"size": bf16_size, "native_bf16": native_bf16(device)},
+        "bf16_matmul_gflop_per_s": round(bf16_rate / 1e9, 1),
+        "bf16_floor_seconds_per_train_step": round(step / bf16_rate, 3),
+        "bf16_floor_seconds_per_network_evaluation": round(forward / bf16_rate, 3),
     }, indent=2))
 
 

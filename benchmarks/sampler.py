@@ -17,7 +17,7 @@ import time
 import torch
 from common import machine, parser, peak_memory, setup, spread, sync, timed
 
-from ncsn.runtime import score_function, wants_channels_last
+from ncsn.runtime import resolve, score_function
 from ncsn.samplers import annealed_langevin, uniform_init
 from ncsn.score_model import build_score_model
 
@@ -34,8 +34,9 @@ def main() -> None:
     s = config.sampling
     torch.manual_seed(0)
     model = build_score_model(config.model).to(device).eval()
-    score = score_function(model, runtime, device)
     shape = (batch, config.model.in_channels, config.data.image_size, config.data.image_size)
+    runtime = resolve(runtime, model, device, shape, training=False)  # what `ncsn sample` would run
+    score = score_function(model, runtime, device)
     gen = torch.Generator(device=device).manual_seed(0)
     x0 = uniform_init(shape, generator=gen, device=device)
     sigmas = model.sigmas
@@ -52,7 +53,7 @@ def main() -> None:
         "machine": machine(device),
         "config": {"name": args.config, "overrides": args.overrides, "ngf": config.model.ngf,
                    "batch_size": batch, "image_shape": shape[1:], "device": str(device), "compile": runtime.compile,
-                   "precision": runtime.precision, "channels_last": wants_channels_last(runtime, device, config.data.image_size, False),
+                   "precision": runtime.precision, "channels_last": runtime.channels_last,
                    "steps_per_call": steps, "full_chain_steps": full_steps},
         "warmup": {"calls": warmup, "seconds": round(warm, 3)},
         "steps_per_s": {k: round(v, 3) if isinstance(v, float) else v for k, v in spread(rates).items()},

@@ -15,7 +15,7 @@ import torch
 from common import machine, parser, peak_memory, setup, spread, timed
 
 from ncsn.data import prepare_batch
-from ncsn.runtime import prepare_model, wants_channels_last
+from ncsn.runtime import prepare_model, resolve
 from ncsn.score_model import build_score_model
 from ncsn.training import EpochBatches, make_optimizer, train_step
 
@@ -26,11 +26,12 @@ def main() -> None:
     t = config.training
     torch.manual_seed(0)
     model = build_score_model(config.model).to(device)
+    shape = (config.model.in_channels, config.data.image_size, config.data.image_size)
+    runtime = resolve(runtime, model, device, (batch, *shape), training=True)  # what `ncsn train` would run
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, t)
     net = prepare_model(model, runtime, device)
-    shape = (config.model.in_channels, config.data.image_size, config.data.image_size)
     images = torch.randint(0, 256, (4 * batch, *shape), dtype=torch.uint8, device=device)
     batches = EpochBatches(len(images), batch, t.seed, device)
     gen = torch.Generator(device=device).manual_seed(0)
@@ -49,7 +50,7 @@ def main() -> None:
         "machine": machine(device),
         "config": {"name": args.config, "overrides": args.overrides, "ngf": config.model.ngf, "image_shape": shape,
                    "batch_size": batch, "device": str(device), "compile": runtime.compile,
-                   "precision": runtime.precision, "channels_last": wants_channels_last(runtime, device, config.data.image_size, True)},
+                   "precision": runtime.precision, "channels_last": runtime.channels_last},
         "warmup": {"calls": warmup, "seconds": round(warm, 3)},
         "seconds_per_step": {k: round(v, 4) if isinstance(v, float) else v for k, v in spread(times).items()},
         "images_per_s": {k: round(v, 1) if isinstance(v, float) else v
