@@ -11,7 +11,7 @@ Fashion-MNIST paper config (CondRefineNetDilated, ngf 64, 1x28x28, 10 levels, ba
   network, its Adam settings); ncsn's is ``ncsn.training.train_step`` with the library's defaults.
 - sampler: one annealed-Langevin step at each of ``--levels`` levels per call, batch 128. The reference runs its
   ``AnnealRunner.anneal_Langevin_dynamics`` (n_steps_each 1, which also clamps and copies each step's images, as it
-  does); ncsn runs ``ncsn.sampling.annealed_langevin`` through ``ncsn.runtime.score_function`` with the defaults.
+  does); ncsn runs ``ncsn.samplers.annealed_langevin`` through ``ncsn.runtime.score_function`` with the defaults.
 
 Each (side, job) is a fresh process; a round runs reference, ncsn for training, then for sampling, and the order
 flips every round so neither side always runs first. Each process reports its median, spread and peak RSS, and
@@ -145,7 +145,7 @@ def ncsn_worker(args, job: str):
     from ncsn.config import load_config
     from ncsn.data import prepare_batch
     from ncsn.runtime import RuntimeOptions, prepare_model, resolve, score_function
-    from ncsn.sampling import annealed_langevin, uniform_init
+    from ncsn.samplers import annealed_langevin, uniform_init
     from ncsn.score_model import build_score_model
     from ncsn.training import EpochBatches, make_optimizer, train_step
 
