@@ -14,14 +14,16 @@ Fashion-MNIST paper config (CondRefineNetDilated, ngf 64, 1x28x28, 10 levels, ba
   does); ncsn runs ``ncsn.samplers.annealed_langevin`` through ``ncsn.runtime.score_function`` with the defaults.
 
 Each (side, job) is a fresh process; a round runs reference, ncsn for training, then for sampling, and the order
-flips every round so neither side always runs first. Each process reports its median, spread and peak RSS, and
-the load average around it, and the float32 rate of a 4096x4096 matmul measured right after its timings: the
-fraction of the floor is (the job's FLOPs / that rate) / the measured time, with the FLOPs of ncsn's network as
-``compute_floor.py`` counts them (1,430.3 GFLOP per training step, 477.0 per network evaluation at batch 128; the
-reference's own step counts 1,454, as it runs the conv-then-mean-pool layers unfolded). Shims, applied by monkeypatching, never by editing the reference's files: a stand-in
-for ``tensorboardX`` when it is not installed (only its import is needed), ``datasets`` bound to the reference's
-own folder, and ``runners/anneal_runner.py`` loaded on its own (``runners/__init__`` imports the toy runner, which
-needs seaborn). Prints JSON.
+flips every round so neither side always runs first. Each process reports its median, spread and peak RSS, the
+load average around it, and the float32 rate of a 4096x4096 matmul measured right after its timings: the fraction
+of the floor is (the job's FLOPs / that rate) / the measured time, with the FLOPs of ncsn's network as
+``compute_floor.py`` counts them (1,430.3 GFLOP per training step, 477.0 per network evaluation at batch 128, scaled
+to the batch; the reference's own step counts 1,454, as it runs the conv-then-mean-pool layers unfolded).
+
+Shims, applied by monkeypatching, never by editing the reference's files: a stand-in for ``tensorboardX`` when it
+is not installed (only its import is needed), ``datasets`` bound to the reference's own folder, and
+``runners/anneal_runner.py`` loaded on its own (``runners/__init__`` imports the toy runner, which needs seaborn).
+Prints JSON.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ def options() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=None, help="intra-op threads [default: torch's]")
     p.add_argument("--jobs", nargs="+", choices=JOBS, default=list(JOBS))
-    p.add_argument("--gflop-train", type=float, default=1430.3, help="GFLOP of one training step at batch 128 (compute_floor.py)")
+    p.add_argument("--gflop-train", type=float, default=1430.3,
+                   help="GFLOP of one training step at batch 128 (compute_floor.py)")
     p.add_argument("--gflop-eval", type=float, default=477.0, help="GFLOP of one network evaluation at batch 128")
     p.add_argument("--matmul-size", type=int, default=4096, help="side of the float32 product timed for the floor")
     p.add_argument("--worker", nargs=2, metavar=("SIDE", "JOB"), help=argparse.SUPPRESS)

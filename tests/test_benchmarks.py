@@ -1,4 +1,5 @@
-"""A smoke run of benchmarks/quality_per_nfe.py on tiny models: its JSON, PNG and table, skips and NFE counts."""
+"""Smoke runs of the benchmark scripts on tiny models: quality_per_nfe.py (its JSON, PNG, table, skips, NFE counts) and
+reference_side_by_side.py (against a stand-in of the reference layout: alternation, shims, floor fractions)."""
 
 import json
 import pathlib
@@ -60,3 +61,77 @@ def test_quality_per_nfe_runs_heun_and_ode_on_a_sigma_scaled_model(bench, tmp_pa
 def test_quality_per_nfe_refuses_fewer_than_1000_samples(bench, tmp_path):
     with pytest.raises(SystemExit):
         bench(["--workdir", str(tmp_path), "--out", str(tmp_path / "x"), "--n", "100"])
+
+
+def _stand_in_reference(root: pathlib.Path) -> pathlib.Path:
+    """A folder laid out like an ermongroup/ncsn checkout, with our own tiny stand-ins for the few names the
+    side-by-side harness calls (the real code is GPL and never copied here). Its runners/__init__ fails like the real one does
+    without seaborn, its runner imports tensorboardX and datasets.celeba: the harness's shims must cope."""
+    files = {
+        "configs/anneal.yml": "training: {batch_size: 128, anneal_power: 2.0}\n"
+                              "data: {channels: 1, image_size: 28, logit_transform: false}\n"
+                              "model: {sigma_begin: 1, sigma_end: 0.01, num_classes: 10, ngf: 64}\n"
+                              "optim: {lr: 0.001, beta1: 0.9, weight_decay: 0.0}\n",
+        "models/__init__.py": "",
+        "models/cond_refinenet_dilated.py":
+            "import torch\n"
+            "class CondRefineNetDilated(torch.nn.Module):\n"
+            "    def __init__(self, config):\n"
+            "        super().__init__()\n"
+            "        self.conv = torch.nn.Conv2d(config.data.channels, config.data.channels, 3, padding=1)\n"
+            "    def forward(self, x, y):\n"
+            "        return self.conv(x)\n",
+        "losses/__init__.py": "",
+        "losses/dsm.py":
+            "def anneal_dsm_score_estimation(scorenet, samples, labels, sigmas, anneal_power=2.0):\n"
+            "    return scorenet(samples, labels).square().mean()\n",
+        "losses/sliced_sm.py": "",
+        "datasets/celeba.py": "CelebA = None\n",
+        "runners/__init__.py": "import seaborn_is_not_installed\n",
+        "runners/anneal_runner.py":
+            "import tensorboardX\nimport torch\nfrom datasets.celeba import CelebA\n"
+            "from losses.dsm import anneal_dsm_score_estimation\n"
+            "class AnnealRunner:\n"
+            "    def __init__(self, args, config):\n"
+            "        self.config = config\n"
+            "    def get_optimizer(self, parameters):\n"
+            "        return torch.optim.Adam(parameters, lr=self.config.optim.lr)\n"
+            "    def anneal_Langevin_dynamics(self, x_mod, scorenet, sigmas, n_steps_each=100, step_lr=2e-5):\n"
+            "        with torch.no_grad():\n"
+            "            for c, sigma in enumerate(sigmas):\n"
+            "                labels = torch.full((x_mod.shape[0],), c, dtype=torch.long)\n"
+            "                for _ in range(n_steps_each):\n"
+            "                    x_mod = x_mod + step_lr * scorenet(x_mod, labels)\n"
+            "        return []\n",
+    }
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def test_reference_side_by_side_alternates_processes_and_reports_floor_fractions(tmp_path):
+    import subprocess
+    import sys
+
+    ref = _stand_in_reference(tmp_path / "ref")
+    cmd = [sys.executable, str(BENCHMARKS / "reference_side_by_side.py"), "--reference", str(ref), "--rounds", "1",
+           "--batch-size", "2", "--train-steps", "1", "--sampler-calls", "2", "--levels", "3", "--threads", "1",
+           "--matmul-size", "64"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    rows = result["processes"]
+    assert [(r["side"], r["job"]) for r in rows] == [("reference", "train"), ("ncsn", "train"),
+                                                     ("reference", "sample"), ("ncsn", "sample")]
+    assert [len(r["seconds"]) for r in rows] == [1, 1, 2, 2]
+    assert rows[0]["network_params"] == 10 and rows[1]["network_params"] == 7_638_657  # stand-in vs the paper net
+    for r in rows:
+        gflop = (1430.3 if r["job"] == "train" else 477.0) * 2 / 128
+        assert r["fraction_of_floor"] == pytest.approx(gflop / r["matmul_gflop_per_s"] / r["median"])
+        assert r["peak_rss_mib"] > 0 and r["torch_threads"] == 1
+    summary = result["summary"]
+    assert summary["train"]["ncsn_speedup_per_round"] == [rows[0]["median"] / rows[1]["median"]]
+    assert summary["sample"]["ncsn_defaults"] == {"precision": rows[3]["precision"], "channels_last": True}
+    bad = subprocess.run([*cmd[:2], "--reference", str(tmp_path)], capture_output=True, text=True, check=False)
+    assert bad.returncode == 2 and "is not an ermongroup/ncsn checkout" in bad.stderr
