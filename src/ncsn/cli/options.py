@@ -62,14 +62,14 @@ class FiniteFloat(click.FloatRange):
 POSITIVE = FiniteFloat(min=0, min_open=True)
 
 
-def _finite(value):
+def finite(value):
     """JSON has no NaN or infinity: they are written as null (e.g. a ratio with a zero denominator)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
+        return [finite(v) for v in value]
     return value
 
 
@@ -78,5 +78,5 @@ def write_json(path: str | Path, payload: dict) -> Path:
     path = Path(path)
     with storage_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(_finite(payload), indent=2, allow_nan=False) + "\n")
+        path.write_text(json.dumps(finite(payload), indent=2, allow_nan=False) + "\n")
     return path
