@@ -135,6 +135,7 @@ COMMANDS = {
     "eval": ["eval", "--checkpoint", "x.pt", "--out", "o.json"],
     "demo": ["demo"],
     "toy": ["toy", "langevin"],
+    "likelihood": ["likelihood", "--checkpoint", "x.pt"],
 }
 BAD_DEVICES = ["foo", "cuda:99", "meta"] + ([] if torch.cuda.is_available() else ["cuda"])
 
@@ -151,9 +152,11 @@ def test_a_device_this_machine_lacks_is_refused_while_parsing_by_every_command(c
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0"])
 def test_non_finite_or_non_positive_floats_are_refused(value, trained, tmp_path):
     for args in (["sample", "--workdir", trained, "--out", tmp_path, "--step-lr", value],
+                 ["sample", "--workdir", trained, "--out", tmp_path, "--sampler", "pc", "--snr", value],
+                 ["likelihood", "--workdir", trained, "--rtol", value],
                  ["toy", "langevin", "--out", tmp_path, "--step-size", value]):
         result = CliRunner().invoke(main, [str(a) for a in args])
-        assert result.exit_code == 2 and handled(result) and "Invalid value for '--step" in result.output
+        assert result.exit_code == 2 and handled(result) and "Invalid value for '--" in result.output, result.output
     assert not (tmp_path / "samples.npz").exists()
 
 
