@@ -38,7 +38,7 @@ def setup(args):
     config = load_config(args.config, args.overrides)
     runtime = RuntimeOptions(compile=args.compile, precision=args.precision, channels_last=args.channels_last)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda":  # cuDNN autotuning is the library's call (ncsn.runtime.prepare_model), as for users
+    if device.type == "cuda":  # cuDNN autotuning is the library's call (ncsn.runtime.autotunes), as for users
         torch.cuda.reset_peak_memory_stats(device)
     batch = args.batch_size or config.training.batch_size
     warmup = args.warmup if args.warmup is not None else (3 if args.compile else 1)

@@ -15,7 +15,7 @@ import torch
 from common import machine, parser, peak_memory, setup, spread, timed
 
 from ncsn.data import prepare_batch
-from ncsn.runtime import prepare_model, resolve
+from ncsn.runtime import autotunes, cudnn_benchmark, prepare_model, resolve
 from ncsn.score_model import build_score_model
 from ncsn.training import EpochBatches, make_optimizer, train_step
 
@@ -44,7 +44,8 @@ def main() -> None:
         state["loss"] = train_step(net, model, optimizer, x, labels, noise, model.sigmas, t, runtime=runtime)
         state["step"] += 1
 
-    warm, times = timed(step, device, args.repeats, warmup)
+    with cudnn_benchmark(autotunes(device)):  # as ncsn.training.train does
+        warm, times = timed(step, device, args.repeats, warmup)
     print(json.dumps({
         "benchmark": "train_step",
         "machine": machine(device),

@@ -10,9 +10,13 @@ from ncsn.checkpoint import (
     atomic_save,
     export_slim,
     list_checkpoints,
+    list_snapshots,
     load_score_model,
     prune_checkpoints,
     safe_load,
+    snapshot_path,
+    snapshot_state,
+    sweep_checkpoints,
     training_state,
 )
 from ncsn.config import load_config
@@ -64,7 +68,7 @@ def test_bad_files_give_one_clear_line(tmp_path):
     with pytest.raises(CheckpointError, match="not an ncsn or official NCSN checkpoint"):
         load_score_model(tmp_path / "foreign.pt")
     torch.save({"obj": torch.optim.Adam}, tmp_path / "code.pt")
-    with pytest.raises(CheckpointError, match="refused"):
+    with pytest.raises(CheckpointError, match="refused: it holds code.*torch.optim.adam.Adam"):
         safe_load(tmp_path / "code.pt")
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         load_score_model(tmp_path / "missing.pt")
@@ -75,6 +79,52 @@ def test_bad_files_give_one_clear_line(tmp_path):
     tiny_checkpoint(no_ema, ema=False)
     with pytest.raises(CheckpointError, match="no EMA weights"):
         load_score_model(no_ema, ema=True)
+
+
+class RunsCode:
+    """Unpickling this calls os.system: what a malicious checkpoint does."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("writer", ["torch", "pickle"])
+def test_a_pickle_with_code_is_refused_as_code_and_never_runs(tmp_path, writer):
+    import pickle
+
+    marker, path = tmp_path / "ran", tmp_path / "evil.pt"
+    payload = {"model": {"w": torch.zeros(2)}, "x": RunsCode(marker)}
+    if writer == "torch":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload, protocol=4))
+    with pytest.raises(CheckpointError) as err:
+        load_score_model(path)
+    message = str(err.value)
+    assert "holds code" in message and "system" in message and "corrupt" not in message and "\n" not in message
+    assert not marker.exists()
+
+
+def test_refusal_is_recognised_whatever_torch_calls_it(tmp_path, monkeypatch):
+    """The refusal is read from the file's own pickle, not from torch's wording (which changed in torch 2.14)."""
+    import pickle
+
+    torch.save({"obj": torch.optim.Adam}, tmp_path / "code.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "code.pt").read_bytes()[:300])
+
+    def reworded(*args, **kwargs):
+        raise pickle.UnpicklingError("Weights only load failed. In a future torch this is worded differently.")
+
+    monkeypatch.setattr(torch, "load", reworded)
+    with pytest.raises(CheckpointError, match="holds code.*torch.optim.adam.Adam"):
+        safe_load(tmp_path / "code.pt")
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        safe_load(tmp_path / "cut.pt")
 
 
 def test_slim_export_round_trip(tmp_path):
@@ -89,13 +139,49 @@ def test_slim_export_round_trip(tmp_path):
     (out / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="corrupt or truncated safetensors"):
         load_score_model(out)
+    (out / "config.json").write_bytes(bytes(range(256)))  # binary: not even UTF-8
+    with pytest.raises(CheckpointError, match=r"config.json: not an ncsn export config") as err:
+        load_score_model(out)
+    assert str(out / "config.json") in str(err.value) and "\n" not in str(err.value)
 
 
-def test_prune_keeps_last_and_snapshots(tmp_path):
+def test_prune_keeps_the_last_full_checkpoints_and_slims_snapshot_steps(tmp_path):
     folder = tmp_path / "checkpoints"
     folder.mkdir()
     for step in range(1, 11):
         (folder / f"checkpoint_{step:08d}.pt").write_bytes(b"x")
+    tiny_checkpoint(folder / "checkpoint_00000008.pt")  # a snapshot step kept in full by earlier versions
+    expected, _, _ = load_score_model(folder / "checkpoint_00000008.pt")
+    (folder / "snapshot_00000004.pt").write_bytes(b"made when step 4 was saved")
     (folder / ".checkpoint_00000011.pt.123.tmp").write_bytes(b"partial")
     prune_checkpoints(tmp_path, keep_last=2, snapshot_every=4)
-    assert [s for s, _ in list_checkpoints(tmp_path)] == [4, 8, 9, 10]
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [9, 10]
+    assert [s for s, _ in list_snapshots(tmp_path)] == [4, 8]
+    assert (folder / "snapshot_00000004.pt").read_bytes() == b"made when step 4 was saved"  # not rewritten
+    slim, _, info = load_score_model(folder / "snapshot_00000008.pt")
+    assert info == {"weights": "ema", "step": 3}
+    assert all(torch.equal(a, b) for a, b in zip(slim.state_dict().values(), expected.state_dict().values()))
+    assert (folder / ".checkpoint_00000011.pt.123.tmp").is_file()  # temp files are the run folder's business
+
+
+def test_slim_snapshot_holds_the_sampling_weights_in_a_quarter_of_the_bytes(tmp_path):
+    config = load_config("digits", TINY + ["training.ema=true"])
+    torch.manual_seed(0)
+    model = build_score_model(config.model)
+    opt = torch.optim.Adam(model.parameters())
+    model.at_levels(torch.rand(2, 1, 8, 8), torch.tensor([0, 1])).sum().backward()
+    opt.step()  # Adam now holds its two moments
+    avg = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    avg.update_parameters(model)
+    with torch.no_grad():
+        model.net.end_conv.bias.add_(1.0)
+    full = atomic_save(training_state(3, config, model, opt, avg), tmp_path / "checkpoints" / "checkpoint_00000003.pt")
+    slim = atomic_save(snapshot_state(3, config, model, avg), snapshot_path(tmp_path, 3))
+    assert slim.stat().st_size < 0.3 * full.stat().st_size
+    a, _, info = load_score_model(slim)
+    b, _, _ = load_score_model(full)  # EMA weights by default
+    assert info == {"weights": "ema", "step": 3}
+    assert all(torch.equal(u, v) for u, v in zip(a.state_dict().values(), b.state_dict().values()))
+    with pytest.raises(CheckpointError, match="only the ema weights.*--ema or a full checkpoint"):
+        load_score_model(slim, ema=False)
+    assert sweep_checkpoints(tmp_path) == [(3, slim)]  # the slim file stands for its step

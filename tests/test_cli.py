@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -71,6 +72,8 @@ def test_export_then_sample_from_the_export_gives_the_same_samples(trained, tmp_
         (["sample", "--checkpoint", "/nonexistent.pt", "--out", "x"], "Error: /nonexistent.pt: no such checkpoint"),
         (["sample", "--out", "x"], "give exactly one of --workdir DIR or --checkpoint PATH"),
         (["sample", "--checkpoint", "x.pt", "--n", "0", "--out", "x"], "Invalid value for '--n'"),
+        (["train", "--config", "digits", "--set", "training=5"], "Error: config key 'training': is a section"),
+        (["train", "--config", "digits", "--set", "training.lr=inf"], "config key 'training.lr': must be a finite"),
     ],
 )
 def test_bad_input_is_one_clear_line(args, message, tmp_path):
@@ -118,3 +121,142 @@ def test_sampling_under_torchrun_matches_one_process(trained, tmp_path):
     assert a.shape == (20, 8, 8, 1) and np.array_equal(a, b)
     assert json.loads((tmp_path / "two" / "sample_config.json").read_text())["processes"] == 2
     assert not list((tmp_path / "two").glob(".part_*"))
+
+
+def handled(result) -> bool:
+    """The command stopped through click (an `Error:` line or a usage error), not with an exception."""
+    return isinstance(result.exception, SystemExit) and "Traceback" not in result.output
+
+
+COMMANDS = {
+    "train": ["train", "--config", "digits"],
+    "sample": ["sample", "--checkpoint", "x.pt", "--out", "o"],
+    "inpaint": ["inpaint", "--checkpoint", "x.pt", "--out", "o"],
+    "eval": ["eval", "--checkpoint", "x.pt", "--out", "o.json"],
+    "demo": ["demo"],
+    "toy": ["toy", "langevin"],
+    "likelihood": ["likelihood", "--checkpoint", "x.pt"],
+}
+BAD_DEVICES = ["foo", "cuda:99", "meta"] + ([] if torch.cuda.is_available() else ["cuda"])
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize("device", BAD_DEVICES)
+def test_a_device_this_machine_lacks_is_refused_while_parsing_by_every_command(command, device, tmp_path):
+    result = CliRunner().invoke(main, [*COMMANDS[command], "--device", device], catch_exceptions=True)
+    assert result.exit_code == 2 and handled(result), result.output
+    assert "Invalid value for '--device'" in result.output and device in result.output
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0"])
+def test_non_finite_or_non_positive_floats_are_refused(value, trained, tmp_path):
+    for args in (["sample", "--workdir", trained, "--out", tmp_path, "--step-lr", value],
+                 ["sample", "--workdir", trained, "--out", tmp_path, "--sampler", "pc", "--snr", value],
+                 ["likelihood", "--workdir", trained, "--rtol", value],
+                 ["toy", "langevin", "--out", tmp_path, "--step-size", value]):
+        result = CliRunner().invoke(main, [str(a) for a in args])
+        assert result.exit_code == 2 and handled(result) and "Invalid value for '--" in result.output, result.output
+    assert not (tmp_path / "samples.npz").exists()
+
+
+def test_paths_below_a_file_are_one_line(trained, tmp_path):
+    (tmp_path / "afile").write_text("")
+    below = tmp_path / "afile" / "run"
+    for args in (["train", "--config", "digits", "--workdir", below],
+                 ["sample", "--workdir", trained, "--n", 1, "--steps-each", 1, "--out", below, "--device", "cpu"]):
+        result = CliRunner().invoke(main, [str(a) for a in args])
+        assert result.exit_code == 1 and handled(result), result.output
+        assert f"{tmp_path / 'afile'} is a file, not a folder" in result.output
+
+
+def test_a_full_disk_and_a_read_only_folder_are_one_line_and_keep_the_last_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    from ncsn import checkpoint, runfolder
+
+    workdir = tmp_path / "run"
+    train_tiny(workdir, TINY)
+    good = sorted((workdir / "checkpoints").iterdir())
+    monkeypatch.setattr(checkpoint.os, "fsync", lambda fd: (_ for _ in ()).throw(
+        OSError(errno.ENOSPC, "No space left on device")))
+    result = run("train", "--workdir", workdir, "--resume", "--device", "cpu", "--no-progress",
+                 "--set=training.n_iters=6")
+    assert result.exit_code == 1 and handled(result), result.output
+    assert f"Error: {workdir / 'checkpoints' / 'checkpoint_00000006.pt'}: No space left on device" in result.output
+    assert sorted((workdir / "checkpoints").iterdir()) == good  # no temp file, the old checkpoints intact
+    monkeypatch.undo()
+
+    real_open = runfolder.os.open
+
+    def read_only(path, *args, **kwargs):
+        if str(path).endswith(".lock"):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(runfolder.os, "open", read_only)
+    result = run("train", "--workdir", workdir, "--resume", "--device", "cpu", "--no-progress")
+    assert result.exit_code == 1 and handled(result)
+    assert f"Error: {workdir / '.lock'}: Read-only file system" in result.output
+
+
+def test_a_bug_keeps_its_traceback(trained, tmp_path, monkeypatch):
+    """Only the library's own errors become one line; a ValueError from a bug is not passed off as bad input."""
+    from ncsn.cli import run as run_module
+
+    def broken(*args, **kwargs):
+        raise ValueError("an internal bug")
+
+    monkeypatch.setattr(run_module, "generate", broken)
+    result = CliRunner().invoke(main, ["sample", "--workdir", str(trained), "--out", str(tmp_path), "--device", "cpu"])
+    assert isinstance(result.exception, ValueError) and "Error: an internal bug" not in result.output
+
+
+def test_per_example_seeds_make_samples_independent_of_the_batch_size(trained, tmp_path):
+    def samples(name, *extra):
+        out = tmp_path / name
+        result = run("sample", "--workdir", trained, "--n", 6, "--seed", 3, "--steps-each", 2, "--device", "cpu",
+                     "--out", out, *extra)
+        assert result.exit_code == 0, result.output
+        return np.load(out / "samples.npz")["samples"].astype(int)
+
+    a, b = samples("a", "--per-example-seeds", "--batch-size", 4), samples("b", "--per-example-seeds", "--batch-size", 6)
+    # the same noise for every chain; only the network's float32 rounding may differ between batch sizes (~1e-6)
+    assert np.abs(a - b).max() <= 1 and (a == b).mean() > 0.99
+    c, d = samples("c", "--batch-size", 4), samples("d", "--batch-size", 6)
+    assert (c != d).mean() > 0.5  # per-batch seeding: the batch size changes the samples
+    assert json.loads((tmp_path / "a" / "sample_config.json").read_text())["per_example_seeds"] is True
+
+
+def _sample_without_a_shared_filesystem(rank, world, port, root, source):
+    """One rank of a two-process gloo group; each rank sees only its own folder (no shared filesystem)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+    from ncsn import distributed
+    from ncsn.checkpoint import load_score_model
+    from ncsn.cli.run import resolved_sampling, sample_to_folder
+
+    torch.set_num_threads(1)  # as the reference below: thread counts may change float32 summation order
+    info = distributed.setup("cpu")
+    model, config, meta = load_score_model(source)
+    resolved_sampling(config, None, 2, None, 4)
+    sample_to_folder(model, config, meta, 10, 5, f"{root}/rank{rank}", info, runtime=None)
+    assert distributed.broadcast_from_main(f"best of rank {rank}") == "best of rank 0"  # what --sweep sends
+    distributed.cleanup()
+
+
+def test_sampling_over_the_process_group_needs_no_shared_folder(trained, tmp_path, one_thread):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_sample_without_a_shared_filesystem, args=(2, port, str(tmp_path), str(trained)), nprocs=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rank0"]  # rank 1 wrote nothing anywhere
+    one = tmp_path / "one"
+    assert run("sample", "--workdir", trained, "--n", 10, "--seed", 5, "--steps-each", 2, "--batch-size", 4,
+               "--device", "cpu", "--out", one).exit_code == 0
+    assert np.array_equal(np.load(tmp_path / "rank0" / "samples.npz")["samples"],
+                          np.load(one / "samples.npz")["samples"])

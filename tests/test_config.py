@@ -38,6 +38,14 @@ def test_overrides_are_typed():
         ("sampling.convention=book", "config key 'sampling.convention'"),
         ("training.batch_size=0", "config key 'training.batch_size'"),
         ("nokey", "must look like section.key=value"),
+        ("training=5", "config key 'training': is a section; set its keys (training.KEY=VALUE), got 5"),
+        ("training.lr=inf", "config key 'training.lr': must be a finite number, got inf"),
+        ("training.lr=.inf", "config key 'training.lr': must be a finite number, got inf"),
+        ("model.sigma_max=inf", "config key 'model.sigma_max': must be a finite number"),
+        ("training.anneal_power=nan", "config key 'training.anneal_power': must be a finite number, got nan"),
+        ("training.grad_clip=inf", "config key 'training.grad_clip': must be a finite number"),
+        ("training.weight_decay=inf", "config key 'training.weight_decay': must be a finite number"),
+        ("sampling.step_lr=inf", "config key 'sampling.step_lr': must be a finite number"),
     ],
 )
 def test_bad_values_fail_with_one_line_naming_the_key(override, message):
@@ -59,6 +67,12 @@ def test_yaml_files_and_round_trip(tmp_path):
         load_config("cifar100")
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(str(tmp_path / "missing.yaml"))
+    (tmp_path / "binary.yaml").write_bytes(bytes(range(256)))
+    with pytest.raises(ConfigError, match=r"binary.yaml: not a YAML text file"):
+        load_config(str(tmp_path / "binary.yaml"))
+    (tmp_path / "infinite.yaml").write_text("training:\n  lr: .inf\n")
+    with pytest.raises(ConfigError, match="'training.lr': must be a finite number"):
+        load_config(str(tmp_path / "infinite.yaml"))
 
 
 @pytest.mark.parametrize("name, levels, eps", [("cifar10_v2", 232, 6.2e-6), ("celeba64_v2", 500, 3.3e-6),

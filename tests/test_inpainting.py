@@ -228,3 +228,21 @@ def test_cli_refuses_a_mask_file_of_the_wrong_size(trained, tmp_path):
     result = CliRunner().invoke(main, ["inpaint", "--workdir", str(trained), "--mask", str(tmp_path / "small.png"),
                                        "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "small.png is 5x5 but the images are 8x8" in result.output
+
+
+def test_cli_files_that_are_not_images_or_missing_are_one_line_naming_them(trained, tmp_path):
+    (tmp_path / "text.png").write_text("not a picture")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "0.png")
+    (folder / "1.png").write_bytes(b"\x89PNG truncated")
+    cases = [
+        (["--mask", tmp_path / "text.png"], 1, f"Error: mask file {tmp_path / 'text.png'}: not an image"),
+        (["--mask", tmp_path / "missing.png"], 2, f"mask file {tmp_path / 'missing.png'}: no such file"),
+        (["--images", folder, "--n-images", 2], 1, f"Error: --images {folder / '1.png'}: not an image"),
+    ]
+    for extra, code, message in cases:
+        result = CliRunner().invoke(main, ["inpaint", "--workdir", str(trained), "--steps-each", "1", "--device",
+                                           "cpu", "--out", str(tmp_path / "o"), *map(str, extra)])
+        assert result.exit_code == code and isinstance(result.exception, SystemExit), result.output
+        assert message in result.output and "unknown mask" not in result.output

@@ -13,7 +13,15 @@ from ncsn.cli import main
 from ncsn.config import load_config
 from ncsn.data import prepare_batch
 from ncsn.generate import generate
-from ncsn.runtime import RuntimeOptions, autocast, prepare_model, score_function, wants_channels_last
+from ncsn.runtime import (
+    RuntimeOptions,
+    autocast,
+    autotunes,
+    cudnn_benchmark,
+    prepare_model,
+    score_function,
+    wants_channels_last,
+)
 from ncsn.training import EpochBatches, make_optimizer, train, train_step
 
 SIGMAS = geometric_sigmas(1.0, 0.01, 10)
@@ -175,14 +183,19 @@ def test_commands_default_to_auto_and_record_what_it_chose(tmp_path, monkeypatch
     assert (meta["precision"], meta["channels_last"]) == ("fp32", False)  # decided, not "auto"/None: 8x8 is NCHW
 
 
-def test_cudnn_autotuning_is_on_for_cuda_training_only(monkeypatch):
+def test_cudnn_autotuning_is_a_scoped_choice_of_cuda_training(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # restored afterwards
     net = nn.Identity()  # prepare_model never moves a model, so this runs without a GPU
-    prepare_model(net, RuntimeOptions(), "cpu")
-    prepare_model(net, RuntimeOptions(), "cuda", sampling=True)
-    assert torch.backends.cudnn.benchmark is False  # sampling keeps cuDNN's fixed choice: same seed, same samples
-    prepare_model(net, RuntimeOptions(), "cuda")
-    assert torch.backends.cudnn.benchmark is True
+    for device, sampling in (("cpu", False), ("cuda", True), ("cuda", False)):
+        prepare_model(net, RuntimeOptions(), device, sampling=sampling)
+    assert torch.backends.cudnn.benchmark is False  # preparing a model leaves the process's switches alone
+    assert autotunes("cuda") and autotunes(torch.device("cuda", 1)) and not autotunes("cpu")
+    with cudnn_benchmark(True):
+        assert torch.backends.cudnn.benchmark is True
+        with cudnn_benchmark(False):
+            assert torch.backends.cudnn.benchmark is False
+        assert torch.backends.cudnn.benchmark is True
+    assert torch.backends.cudnn.benchmark is False
 
 
 # CUDA paths: run by benchmarks/gpu_check.sh on a GPU machine, skipped elsewhere.

@@ -58,6 +58,53 @@ def test_per_example_generators_make_samples_independent_of_batching():
     assert torch.allclose(together, apart, atol=1e-6)
 
 
+def test_per_example_seeds_of_neighbouring_seeds_share_nothing():
+    """Example k of seed s and example k - 1 of seed s + 1 must not get the same stream (a plain seed + k did)."""
+
+    def first_draws(seed, count=8, start=0):
+        return [torch.randn(4, generator=g) for g in per_example_generators(seed, count, start=start)]
+
+    draws = {seed: first_draws(seed) for seed in (5, 6, 7)}
+    streams = [d for seed_draws in draws.values() for d in seed_draws]
+    assert all(not torch.equal(a, b) for i, a in enumerate(streams) for b in streams[i + 1:])
+    later = first_draws(5, count=3, start=4)  # batching: examples 4..6 of seed 5, made in another batch
+    assert all(torch.equal(a, b) for a, b in zip(later, draws[5][4:7]))
+    negative = first_draws(-1, count=2)
+    assert not torch.equal(negative[0], draws[5][0])
+
+
+def test_per_example_generators_follow_the_callers_device(monkeypatch):
+    made = []
+
+    class Recorder:
+        def __init__(self, device):
+            made.append(torch.device(device))
+
+        def manual_seed(self, seed):
+            return self
+
+    monkeypatch.setattr(torch, "Generator", Recorder)
+    monkeypatch.setattr(torch, "get_default_device", lambda: torch.device("cuda", 0))
+    per_example_generators(0, 2)  # no device given: torch's default device, where new tensors go
+    per_example_generators(0, 1, device=torch.empty(0, device="meta"))  # a tensor: its device
+    per_example_generators(0, 1, device="cpu")
+    assert made == [torch.device("cuda", 0)] * 2 + [torch.device("meta"), torch.device("cpu")]
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu_check.sh runs these)")
+
+
+@pytest.mark.cuda
+@cuda
+def test_readme_per_example_sampling_runs_on_a_gpu():
+    net = ScoreModel(CondRefineNetDilated(1, 4, 10), SIGMAS).cuda().eval()
+    with torch.device("cuda"):
+        gens = per_example_generators(0, 3)
+        x0 = uniform_init((3, 1, 8, 8), generator=gens, device="cuda")
+        out = annealed_langevin(net, x0, SIGMAS.cuda(), 2, 2e-5, generator=gens)
+    assert out.is_cuda and torch.isfinite(out).all()
+
+
 def test_final_denoising_is_one_tweedie_step():
     score = gaussian_score(0.5, 0.3, SIGMAS)
     x0 = uniform_init((8, 1, 4, 4), generator=torch.Generator().manual_seed(0))

@@ -1,4 +1,5 @@
-"""Checkpoints: full training state for resuming, slim safetensors exports for sampling, official NCSN weights.
+"""Checkpoints: full training state for resuming, slim snapshots and safetensors exports for sampling, official
+NCSN weights.
 
 Everything is read with ``torch.load(weights_only=True)``: loading never runs code. Files are written to a temp
 name and renamed, so a crash leaves either the old file or the new one, never half of one.
@@ -6,57 +7,116 @@ name and renamed, so a crash leaves either the old file or the new one, never ha
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
+import pickletools
 import re
+import warnings
 import zipfile
 from pathlib import Path
 
 import torch
 
 from .config import ConfigError, RunConfig, from_dict, to_dict
+from .errors import NcsnError, storage_errors
 from .score_model import ScoreModel, build_score_model
 
 FORMAT = "ncsn-checkpoint-1"
+SNAPSHOT_FORMAT = "ncsn-snapshot-1"
 EXPORT_FORMAT = "ncsn-export-1"
 CHECKPOINT_RE = re.compile(r"^checkpoint_(\d+)\.pt$")
+SNAPSHOT_RE = re.compile(r"^snapshot_(\d+)\.pt$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(NcsnError, ValueError):
     """A checkpoint that cannot be used: missing, corrupt, truncated or foreign. One line, naming the file."""
 
 
 def atomic_save(obj, path: str | Path) -> Path:
-    """torch.save to a temp file in the same folder, fsync, then rename over ``path``."""
+    """torch.save to a temp file in the same folder, fsync, then rename over ``path``.
+
+    A full disk or a read-only folder raises StorageError naming ``path``; the temp file is removed either way.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with storage_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(tmp, "wb") as fh:
+                torch.save(obj, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return path
 
 
+def _pickle_imports(data: bytes) -> list[str] | None:
+    """Every global a pickle stream imports ('module.name'); None when the bytes hold no complete pickle."""
+    stream, names, complete = io.BytesIO(data), [], 0
+    while stream.tell() < len(data):  # the legacy torch format is several pickles in a row
+        strings: list[str] = []
+        try:
+            for op, arg, _ in pickletools.genops(stream):
+                if op.name in ("GLOBAL", "INST"):
+                    names.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+        except Exception:  # noqa: BLE001 - pickletools raises several types on bytes that are not a pickle
+            break
+        complete += 1
+    return list(dict.fromkeys(names)) if complete else None
+
+
+def _code_in_file(path: Path) -> list[str]:
+    """What the file's (complete) pickle imports beyond the tensors and containers weights_only admits; [] if none
+    or if the pickle is incomplete (a truncated file is corrupt, not code)."""
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals  # private: without it, name every import
+
+        allowed = set(_get_allowed_globals())
+    except (ImportError, AttributeError):
+        allowed = set()
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                data = archive.read(name) if name else b""
+        else:
+            data = path.read_bytes()
+    except (OSError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError):
+        return []
+    imports = _pickle_imports(data) if data else None
+    return [n for n in imports or [] if n not in allowed]
+
+
 def safe_load(path: str | Path, map_location="cpu"):
-    """torch.load with weights_only=True, turning every failure into one clear CheckpointError."""
+    """torch.load with weights_only=True, turning every failure into one clear CheckpointError.
+
+    A refusal is recognised from the pickle's own imports, not from torch's wording (which changes between
+    releases): a complete pickle importing anything beyond tensors and plain containers holds code.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "Unsupported global" in str(err):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # e.g. torch's note on pickle protocols it did not write
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        code = _code_in_file(path) if isinstance(err, pickle.UnpicklingError | RuntimeError) else []
+        if code:
+            shown = ", ".join(code[:3]) + (", ..." if len(code) > 3 else "")
             raise CheckpointError(
-                f"{path}: refused: it holds Python objects, not only tensors (not an ncsn or official NCSN checkpoint)"
+                f"{path}: refused: it holds code, not just tensors (loading it would import {shown})"
             ) from None
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint (not a PyTorch file)") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        if isinstance(err, pickle.UnpicklingError):
+            raise CheckpointError(f"{path}: corrupt or truncated checkpoint (not a PyTorch file)") from None
         first = (str(err).splitlines() or [type(err).__name__])[0][:100]
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({first})") from None
 
@@ -69,13 +129,16 @@ def checkpoint_path(workdir: str | Path, step: int) -> Path:
     return checkpoint_dir(workdir) / f"checkpoint_{step:08d}.pt"
 
 
-def list_checkpoints(workdir: str | Path) -> list[tuple[int, Path]]:
-    """(step, path) of every full checkpoint in a run folder, oldest first (temp files ignored)."""
+def _listed(workdir: str | Path, pattern: re.Pattern) -> list[tuple[int, Path]]:
     folder = checkpoint_dir(workdir)
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_RE.match(p.name))]
-    return sorted(found)
+    return sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := pattern.match(p.name)))
+
+
+def list_checkpoints(workdir: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of every full checkpoint in a run folder, oldest first (temp files ignored)."""
+    return _listed(workdir, CHECKPOINT_RE)
 
 
 def latest_checkpoint(workdir: str | Path) -> Path | None:
@@ -83,19 +146,54 @@ def latest_checkpoint(workdir: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+def snapshot_path(workdir: str | Path, step: int) -> Path:
+    return checkpoint_dir(workdir) / f"snapshot_{step:08d}.pt"
+
+
+def list_snapshots(workdir: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of every slim snapshot (sampling weights + config) in a run folder, oldest first."""
+    return _listed(workdir, SNAPSHOT_RE)
+
+
+def sweep_checkpoints(workdir: str | Path) -> list[tuple[int, Path]]:
+    """One file per saved step for model selection: the slim snapshot where there is one, else the full checkpoint."""
+    found = dict(list_checkpoints(workdir))
+    found.update(list_snapshots(workdir))
+    return sorted(found.items())
+
+
+def snapshot_state(step: int, config: RunConfig, model, ema=None) -> dict:
+    """What sampling needs and nothing else: the weights the sampler uses (EMA when the run keeps one) and the config.
+
+    A quarter of a full checkpoint with Adam state and EMA: no optimizer moments and one set of weights.
+    """
+    weights = model if ema is None else ema.module
+    return {"format": SNAPSHOT_FORMAT, "step": step, "config": to_dict(config),
+            "weights": "raw" if ema is None else "ema", "model": weights.state_dict()}
+
+
+def _slim(state: dict) -> dict:
+    """The slim snapshot of a full training state."""
+    use_ema = state.get("ema") is not None
+    return {"format": SNAPSHOT_FORMAT, "step": state["step"], "config": state["config"],
+            "weights": "ema" if use_ema else "raw", "model": state["ema"] if use_ema else state["model"]}
+
+
 def prune_checkpoints(workdir: str | Path, keep_last: int, snapshot_every: int) -> None:
-    """Delete old checkpoints, keeping the newest ``keep_last`` and every snapshot step."""
+    """Keep the newest ``keep_last`` full checkpoints. An older one is deleted, after a slim snapshot is made of it when
+    its step is a snapshot step that has none yet (run folders of earlier versions kept such steps in full)."""
     found = list_checkpoints(workdir)
     for step, path in found[:-keep_last] if keep_last else found:
-        if step % snapshot_every:
-            path.unlink(missing_ok=True)
+        if step % snapshot_every == 0 and not snapshot_path(workdir, step).is_file():
+            atomic_save(_slim(load_training_state(path)), snapshot_path(workdir, step))
+        path.unlink(missing_ok=True)
 
 
 def training_state(step: int, config: RunConfig, model, optimizer, ema=None, extra: dict | None = None) -> dict:
-    """Everything a resumed run needs, made of tensors and plain containers only."""
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
+    """Everything a resumed run needs, made of tensors and plain containers only.
+
+    No random-number-generator state: every draw of the training loop comes from generators seeded by (seed, step).
+    """
     return {
         "format": FORMAT,
         "step": step,
@@ -104,7 +202,6 @@ def training_state(step: int, config: RunConfig, model, optimizer, ema=None, ext
         "optimizer": optimizer.state_dict(),
         "ema": None if ema is None else ema.module.state_dict(),
         "ema_updates": None if ema is None else int(ema.n_averaged.item()),
-        "rng": rng,
         "extra": extra or {},
     }
 
@@ -115,14 +212,6 @@ def load_training_state(path: str | Path, map_location="cpu") -> dict:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an ncsn training checkpoint (format {_describe(state)})")
     return state
-
-
-def restore_rng(state: dict) -> None:
-    rng = state.get("rng", {})
-    if "torch" in rng:
-        torch.set_rng_state(rng["torch"].cpu())
-    if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
 
 
 def _describe(obj) -> str:
@@ -141,13 +230,14 @@ def export_slim(source: str | Path, out_dir: str | Path, ema: bool | None = None
 
     model, config, info = load_score_model(source, ema=ema, dataset=dataset, image_size=image_size)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tmp = out / ".model.safetensors.tmp"
-    save_file(tensors, str(tmp), metadata={"format": EXPORT_FORMAT})
-    os.replace(tmp, out / "model.safetensors")
     meta = {"format": EXPORT_FORMAT, "weights": info["weights"], "step": info.get("step"), "config": to_dict(config)}
-    (out / "config.json").write_text(json.dumps(meta, indent=2))
+    with storage_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(tmp), metadata={"format": EXPORT_FORMAT})
+        os.replace(tmp, out / "model.safetensors")
+        (out / "config.json").write_text(json.dumps(meta, indent=2))
     return out
 
 
@@ -194,7 +284,7 @@ def _resolve(source: Path) -> Path:
         return source
     if (source / "model.safetensors").is_file():
         return source / "model.safetensors"
-    latest = latest_checkpoint(source)
+    latest = latest_checkpoint(source) or next((p for _, p in reversed(list_snapshots(source))), None)
     if latest is None:
         raise CheckpointError(f"{source}: no checkpoints/checkpoint_*.pt and no model.safetensors here")
     return latest
@@ -205,17 +295,29 @@ def _from_training_state(state, source: Path, ema: bool | None) -> tuple[ScoreMo
         from .official import describe_state_dict
 
         raise CheckpointError(f"{source}: {describe_state_dict(state)}")
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not isinstance(state, dict) or state.get("format") not in (FORMAT, SNAPSHOT_FORMAT):
         raise CheckpointError(f"{source}: not an ncsn or official NCSN checkpoint (found {_describe(state)})")
     try:
         config = from_dict(state["config"])
     except ConfigError as err:
         raise CheckpointError(f"{source}: its stored config is invalid ({err})") from None
+    if state["format"] == SNAPSHOT_FORMAT:
+        return _from_snapshot(state, config, ema, source)
     if ema and state.get("ema") is None:
         raise CheckpointError(f"{source}: has no EMA weights (trained with training.ema=false); use --no-ema")
     use_ema = state.get("ema") is not None if ema is None else ema
     model = _model_from_state(config, state["ema"] if use_ema else state["model"], source)
     return model, config, {"weights": "ema" if use_ema else "raw", "step": state["step"]}
+
+
+def _from_snapshot(state: dict, config: RunConfig, ema: bool | None, source) -> tuple[ScoreModel, RunConfig, dict]:
+    """A slim snapshot holds one set of weights: asking for the other set is an error, not a silent swap."""
+    kind = state["weights"]
+    if ema is not None and ema != (kind == "ema"):
+        wanted, hint = ("EMA", "--no-ema") if ema else ("raw", "--ema")
+        raise CheckpointError(f"{source}: a slim snapshot holding only the {kind} weights, not the {wanted} ones; "
+                              f"use {hint} or a full checkpoint")
+    return _model_from_state(config, state["model"], source), config, {"weights": kind, "step": state["step"]}
 
 
 def _load_export(path: Path) -> tuple[ScoreModel, RunConfig, dict]:
@@ -228,8 +330,9 @@ def _load_export(path: Path) -> tuple[ScoreModel, RunConfig, dict]:
     try:
         meta = json.loads(meta_path.read_text())
         config = from_dict(meta["config"])
-    except (json.JSONDecodeError, KeyError, TypeError, ConfigError) as err:
-        raise CheckpointError(f"{meta_path}: not an ncsn export config ({err})") from None
+    except (ValueError, KeyError, TypeError) as err:  # ValueError: not UTF-8, not JSON, or an invalid config
+        first = (str(err).splitlines() or [type(err).__name__])[0][:120]
+        raise CheckpointError(f"{meta_path}: not an ncsn export config ({first})") from None
     try:
         weights = load_file(str(path))
     except (SafetensorError, OSError) as err:

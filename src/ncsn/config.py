@@ -7,6 +7,7 @@ in the run folder and inside every checkpoint, so a checkpoint alone rebuilds it
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -16,12 +17,13 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from .data import DATASETS, FOLDER_CHANNELS, DataConfig
+from .errors import InputError
 from .samplers import SamplerSettings
 from .samplers.settings import problems as sampler_problems
 from .score_model import ARCHITECTURES, ModelConfig
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config problem, reported in one line that names the key."""
 
 
@@ -79,7 +81,10 @@ def _read_yaml(name_or_path: str) -> dict:
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        text = path.read_text()
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path}: not a YAML text file (it is not UTF-8 text)") from None
     elif name_or_path in named_configs():
         text = resources.files("ncsn.configs").joinpath(f"{name_or_path}.yaml").read_text()
     else:
@@ -93,26 +98,41 @@ def _read_yaml(name_or_path: str) -> dict:
     return loaded
 
 
+SECTIONS = tuple(f.name for f in dataclasses.fields(RunConfig))
+
+
+def _check_sections(layer) -> None:
+    """A section given a plain value (``--set training=5``) is named as such, before OmegaConf's merge error."""
+    for name in SECTIONS:
+        value = layer.get(name) if hasattr(layer, "get") else None
+        if value is not None and not hasattr(value, "keys"):
+            raise ConfigError(f"config key '{name}': is a section; set its keys ({name}.KEY=VALUE), got {value!r}")
+
+
 def _merge(base, *layers):
+    for layer in layers:
+        _check_sections(layer)
     try:
         return OmegaConf.merge(base, *layers)
     except ConfigKeyError as err:
         raise ConfigError(f"unknown config key '{err.full_key}'") from None
     except OmegaConfBaseException as err:
         message = str(err).splitlines()[0]
-        raise ConfigError(f"config key '{err.full_key}': {message}") from None
+        where = f"config key '{err.full_key}'" if err.full_key else "config"
+        raise ConfigError(f"{where}: {message}") from None
 
 
-def from_dict(values: dict) -> RunConfig:
-    """Validate a plain nested dict (e.g. one read back from a checkpoint) into a RunConfig."""
-    config = _resolve(OmegaConf.to_object(_merge(OmegaConf.structured(RunConfig), values)))
-    validate(config)
-    return config
+def from_dict(values: dict, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Validate a plain nested dict (e.g. one read back from a checkpoint), then ``key=value`` overrides."""
+    return _build([values], overrides)
 
 
 def load_config(name_or_path: str = "digits", overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Preset or YAML file, then ``key=value`` overrides (``training.lr=2e-4``), validated."""
-    layers = [_read_yaml(name_or_path)]
+    return _build([_read_yaml(name_or_path)], overrides)
+
+
+def _build(layers: list, overrides) -> RunConfig:
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
@@ -131,6 +151,17 @@ def _resolve(config: RunConfig) -> RunConfig:
 
 def to_dict(config: RunConfig) -> dict:
     return dataclasses.asdict(config)
+
+
+def flat(config: RunConfig) -> dict:
+    """{'section.key': value} for every field."""
+    return {f"{section}.{key}": value for section, values in to_dict(config).items() for key, value in values.items()}
+
+
+def changes(old: RunConfig, new: RunConfig) -> dict[str, list]:
+    """{'section.key': [old, new]} for every field that differs, in field order."""
+    a, b = flat(old), flat(new)
+    return {key: [a[key], b[key]] for key in a if a[key] != b[key]}
 
 
 def to_yaml(config: RunConfig) -> str:
@@ -165,6 +196,8 @@ def _validate_data(d, m) -> None:
 
 def validate(config: RunConfig) -> None:
     """Values that types alone cannot rule out: impossible sigmas, sizes, rates and cadences."""
+    for key, value in flat(config).items():
+        _check(not isinstance(value, float) or math.isfinite(value), key, f"must be a finite number, got {value}")
     d, m, t, s = config.data, config.model, config.training, config.sampling
     _check(d.dataset in DATASETS, "data.dataset", f"unknown dataset {d.dataset!r}; choose from {sorted(DATASETS)}")
     _check(d.image_size >= 4 and d.image_size % 2 == 0, "data.image_size", f"must be even and >= 4, got {d.image_size}")

@@ -1,7 +1,8 @@
 """Drawing many samples from a score model: batching, per-batch seeds, rank sharding, progress, frames, NFE.
 
 Batch b always uses a generator seeded from (seed, b), so a sample set depends on (seed, batch size) only, not on
-how many processes made it. Any sampler of ``ncsn.samplers`` runs here, as the settings name it.
+how many processes made it; with ``per_example`` every chain has its own generator seeded from (seed, index), and
+the set depends on the seed only. Any sampler of ``ncsn.samplers`` runs here, as the settings name it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .runtime import RuntimeOptions, score_function
-from .samplers import callback_count, check_fits, initial_state, run_sampler
+from .samplers import callback_count, check_fits, initial_state, per_example_generators, run_sampler
 
 MAX_FRAMES = 10  # frames kept for a progression when the sampler has no levels (pc off the ladder, heun, ode)
 
@@ -46,13 +47,15 @@ def generate(
     keep_frames: bool = False,
     runtime: RuntimeOptions | None = None,
     info: dict | None = None,
+    per_example: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor] | None]:
     """This rank's share of ``n`` samples: (indices, images clamped to [0, 1] on the CPU, frames or None).
 
     ``sigmas`` is the model's ladder; ``settings`` (a SamplingConfig or SamplerSettings) names the sampler and its
     settings. With ``keep_frames`` the first batch's images along the chain are returned (one frame per level for
     ald). ``runtime`` runs the network compiled, under bf16 autocast or channels_last (the chain stays float32).
-    ``info`` receives ``nfe_per_batch`` (network evaluations of each of this rank's batches).
+    ``info`` receives ``nfe_per_batch`` (network evaluations of each of this rank's batches). ``per_example`` draws
+    chain i from its own generator seeded by (seed, i) (slower: one draw per chain per step).
     """
     if runtime is not None:
         score_fn = score_function(score_fn, runtime, device)
@@ -67,7 +70,10 @@ def generate(
     indices, images, frames, spent = [], [], [] if keep_frames else None, []
     for b in mine:
         count = min(batch_size, n - b * batch_size)
-        gen = batch_generator(seed, b, device)
+        if per_example:
+            gen = per_example_generators(seed, count, start=b * batch_size, device=device)
+        else:
+            gen = batch_generator(seed, b, device)
         x0 = initial_state(settings, (count, *image_shape), sigmas, generator=gen, device=device)
 
         def callback(done, total, x, _first=(b == mine[0])):

@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .errors import storage_errors
+
 
 def grid_image(images: torch.Tensor, nrow: int | None = None, padding: int = 2, scale: int = 1) -> Image.Image:
     """A PIL grid of [0, 1] images (N, C, H, W), clamped; ``scale`` enlarges small images (nearest neighbour)."""
@@ -36,8 +38,10 @@ def masked_view(images: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
 
 def save_grid(path: str | Path, images: torch.Tensor, nrow: int | None = None) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid_image(images, nrow, scale=auto_scale(images.shape[-1])).save(path)
+    image = grid_image(images, nrow, scale=auto_scale(images.shape[-1]))
+    with storage_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path)
     return path
 
 

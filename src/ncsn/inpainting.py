@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import InputError
 from .samplers import Generators, SamplerSettings, ScoreFn, initial_state, randn, run_sampler, schedule
 
 MASK_NAMES = ("left-half", "right-half", "top-half", "bottom-half", "center-box", "every-other-row")
@@ -22,19 +23,19 @@ MASK_NAMES = ("left-half", "right-half", "top-half", "bottom-half", "center-box"
 def fit_mask(mask, images: torch.Tensor) -> torch.Tensor:
     """A bool mask (N|1, C|1, H, W) for images (N, C, H, W) from (H, W), (N|1, H, W) or (N|1, C|1, H, W) 0/1 values.
 
-    A 3-D mask is one mask per image (all channels). Anything else raises ValueError naming both shapes.
+    A 3-D mask is one mask per image (all channels). Anything else raises InputError (a ValueError) naming both shapes.
     """
     mask = torch.as_tensor(mask)
     n, c, h, w = images.shape
     full = {2: (1, 1, *mask.shape), 3: (mask.shape[0], 1, *mask.shape[1:])}.get(mask.dim(), tuple(mask.shape))
     if len(full) != 4 or full[0] not in (1, n) or full[1] not in (1, c) or tuple(full[2:]) != (h, w):
-        raise ValueError(
+        raise InputError(
             f"mask of shape {tuple(mask.shape)} does not fit images of shape {tuple(images.shape)}: "
             f"use (H, W), (N|1, H, W) or (N|1, C|1, H, W) with H, W = {h}, {w}"
         )
     if mask.dtype != torch.bool:
         if not torch.isin(mask, torch.tensor([0, 1], dtype=mask.dtype, device=mask.device)).all():
-            raise ValueError("mask values must be 0 or 1 (1 = known pixel)")
+            raise InputError("mask values must be 0 or 1 (1 = known pixel)")
         mask = mask != 0
     return mask.reshape(full).to(images.device)
 
@@ -94,12 +95,14 @@ def parse_mask_spec(spec: str) -> tuple[str, float | Path | None]:
         except ValueError:
             share = -1.0
         if not 0.0 <= share <= 1.0:
-            raise ValueError(f"random-pixels:P needs a missing share P in [0, 1], got {spec!r}")
+            raise InputError(f"random-pixels:P needs a missing share P in [0, 1], got {spec!r}")
         return "random-pixels", share
     path = Path(spec)
-    if path.suffix.lower() == ".png" and path.is_file():
+    if path.is_file():
         return "file", path
-    raise ValueError(f"unknown mask {spec!r}: use one of {', '.join(MASK_NAMES)}, random-pixels:P or a PNG file")
+    if path.suffix.lower() == ".png" or path.exists():
+        raise InputError(f"mask file {path}: no such file")
+    raise InputError(f"unknown mask {spec!r}: use one of {', '.join(MASK_NAMES)}, random-pixels:P or a PNG file")
 
 
 def make_mask(spec: str, height: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -126,12 +129,15 @@ def make_mask(spec: str, height: int, width: int, seed: int = 0) -> torch.Tensor
         known = torch.ones(height * width, dtype=torch.bool)
         known[order[: round(arg * height * width)]] = False
         return known.view(height, width)
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(arg) as img:
-        grey = np.asarray(img.convert("L"))
+    try:
+        with Image.open(arg) as img:
+            grey = np.asarray(img.convert("L"))
+    except (UnidentifiedImageError, OSError) as err:
+        raise InputError(f"mask file {arg}: not an image PIL can read ({type(err).__name__})") from None
     if grey.shape != (height, width):
-        raise ValueError(f"mask file {arg} is {grey.shape[1]}x{grey.shape[0]} but the images are {width}x{height}")
+        raise InputError(f"mask file {arg} is {grey.shape[1]}x{grey.shape[0]} but the images are {width}x{height}")
     return torch.from_numpy(grey >= 128)
 
 
@@ -151,7 +157,7 @@ def quality(originals: torch.Tensor, samples: torch.Tensor, mask) -> dict:
     baseline_* are the mean-fill figures.
     """
     if samples.dim() != 5 or samples.shape[0] != originals.shape[0] or samples.shape[2:] != originals.shape[1:]:
-        raise ValueError(f"samples {tuple(samples.shape)} do not match originals {tuple(originals.shape)} as (K, M, C, H, W)")
+        raise InputError(f"samples {tuple(samples.shape)} do not match originals {tuple(originals.shape)} as (K, M, C, H, W)")
     m = samples.shape[1]
     missing = (~fit_mask(mask, originals)).expand_as(originals).float()
     n_missing = missing.sum(dim=(1, 2, 3)).clamp(min=1)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import torch
 
+from .errors import InputError
 from .samplers.common import Counted, Generators, ScoreFn, randn, report, require_any_sigma, uniform_init
 from .samplers.ode import Flow, check_tolerances, probability_flow, solve
 
@@ -60,7 +61,7 @@ def log_density(
     """
     require_any_sigma(score_fn, "the likelihood")
     if not 0 < sigma_min < sigma_max < math.inf:
-        raise ValueError(f"likelihood: need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+        raise InputError(f"likelihood: need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
     check_tolerances(rtol, atol, method)
     x = x.detach().to(torch.float32)
     probes = draw_probes(x.shape, probe, generator, x.device)
@@ -84,16 +85,16 @@ def eight_bit_values(images, image_shape: tuple[int, ...] | None = None) -> torc
     """8-bit values k in {0..255} (float32) from uint8 (N, C, H, W) images or floats in [0, 1] (= k / 255)."""
     images = torch.as_tensor(images)
     if images.dim() != 4:
-        raise ValueError(f"likelihood: images must be (N, C, H, W), got shape {tuple(images.shape)}")
+        raise InputError(f"likelihood: images must be (N, C, H, W), got shape {tuple(images.shape)}")
     if image_shape is not None and tuple(images.shape[1:]) != tuple(image_shape):
-        raise ValueError(f"likelihood: images of shape {tuple(images.shape[1:])}, the model takes {tuple(image_shape)}")
+        raise InputError(f"likelihood: images of shape {tuple(images.shape[1:])}, the model takes {tuple(image_shape)}")
     if images.dtype == torch.uint8:
         return images.float()
     if not images.is_floating_point():
-        raise ValueError(f"likelihood: images must be uint8 or floats in [0, 1], got {images.dtype}")
+        raise InputError(f"likelihood: images must be uint8 or floats in [0, 1], got {images.dtype}")
     lo, hi = float(images.min()), float(images.max())
     if not (math.isfinite(lo) and math.isfinite(hi) and lo >= 0 and hi <= 1):
-        raise ValueError(f"likelihood: float images must lie in [0, 1] (8-bit values / 255), got values in "
+        raise InputError(f"likelihood: float images must lie in [0, 1] (8-bit values / 255), got values in "
                          f"[{lo:.4g}, {hi:.4g}]")
     return (images.float() * 255).round()
 

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .errors import InputError
 from .sigmas import (
     OVERLAP_TARGET, max_pairwise_distance, ncsnv2_num_scales, ncsnv2_overlap, ncsnv2_ratio, ncsnv2_step_criterion, ncsnv2_step_lr,
 )
@@ -65,9 +66,9 @@ def ladder_plan(sigma_max: float, dim: int, steps_each: int, sigma_min: float = 
     """Techniques 2 and 4 for a given sigma_1 and dimension; ``num_scales`` overrides the rule's L (as a shipped
     config does) and the step size then follows from that ladder's actual ratio."""
     if not sigma_max > sigma_min > 0:
-        raise ValueError(f"need sigma_max > sigma_min > 0, got {sigma_max} and {sigma_min}")
+        raise InputError(f"need sigma_max > sigma_min > 0, got {sigma_max} and {sigma_min}")
     if steps_each < 1:
-        raise ValueError(f"steps_each must be >= 1, got {steps_each}")
+        raise InputError(f"steps_each must be >= 1, got {steps_each}")
     gamma_rule = ncsnv2_ratio(dim, target)
     levels = num_scales or ncsnv2_num_scales(sigma_max, sigma_min, dim, target)
     gamma = (sigma_max / sigma_min) ** (1 / (levels - 1))

@@ -66,13 +66,27 @@ def uses_cuda_graphs(options: RuntimeOptions, device) -> bool:
     return options.compile and _device_type(device) == "cuda"
 
 
+def autotunes(device) -> bool:
+    """Whether training on ``device`` uses cuDNN's autotuner: on CUDA (fixed shapes, and GPU training is not bit-exact
+    anyway). Sampling never does, so a seed gives the same samples from run to run."""
+    return _device_type(device) == "cuda"
+
+
+@contextlib.contextmanager
+def cudnn_benchmark(enabled: bool):
+    """``torch.backends.cudnn.benchmark = enabled`` inside the block only; the previous value comes back after it."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
+
+
 def prepare_model(model, options: RuntimeOptions, device, sampling: bool = False) -> nn.Module:
     """Apply an explicit channels_last in place and return the module to call (compiled when asked; parameters are
     shared). For sampling on CUDA the compiled network is captured as CUDA graphs: the sampler calls it with fixed
-    shapes. Training on CUDA turns on cuDNN's autotuner (its shapes are fixed, and GPU training is not bit-exact
-    anyway); sampling leaves the default algorithm choice, so a seed gives the same samples from run to run."""
-    if not sampling and _device_type(device) == "cuda":
-        torch.backends.cudnn.benchmark = True
+    shapes. Global switches are left alone (training scopes cuDNN's autotuner with ``cudnn_benchmark``)."""
     if options.channels_last and isinstance(model, nn.Module):
         model.to(memory_format=torch.channels_last)
     if not options.compile:

@@ -10,6 +10,8 @@ import math
 
 import torch
 
+from .errors import InputError
+
 
 def geometric_sigmas(sigma_max: float, sigma_min: float, num_scales: int, device=None, dtype=None) -> torch.Tensor:
     """Descending geometric ladder sigma_max = s_1 > ... > s_L = sigma_min (the paper's noise levels)."""
@@ -25,7 +27,7 @@ def geometric_sigmas(sigma_max: float, sigma_min: float, num_scales: int, device
     return ladder.to(device=device, dtype=dtype or torch.float32)
 
 
-class SigmaOffLadderError(ValueError):
+class SigmaOffLadderError(InputError):
     """A level-conditioned network was asked for a sigma it was not trained on."""
 
 

@@ -18,23 +18,28 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from . import distributed
-from .config import RunConfig, from_dict, to_yaml
+from . import distributed, runfolder
+from .config import ConfigError, RunConfig, changes, from_dict, load_config
 from .data import load_split, prepare_batch, training_images
+from .errors import NcsnError, storage_errors
 from .generate import generate
 from .images import save_grid
 from .losses import dsm_loss
-from .runtime import RuntimeOptions, autocast, prepare_model, resolve, settle_run
+from .runfolder import RunFolderError
+from .runtime import RuntimeOptions, autocast, autotunes, cudnn_benchmark, prepare_model, resolve, settle_run
 from .samplers import check_fits
 from .score_model import build_score_model
 
+# Changing these on --resume would make the resumed run neither the old run nor a fresh one: refused.
+FIXED_ON_RESUME = ("training.seed", "training.batch_size")
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the run stopped without writing a checkpoint of the broken weights."""
 
+class NonFiniteLossError(NcsnError, RuntimeError):
+    """The loss became NaN or infinite by ``step``; the run stopped without writing a checkpoint of broken weights."""
 
-class RunFolderError(RuntimeError):
-    """The run folder does not fit the request (checkpoints present without --resume, none with it)."""
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
 
 
 @dataclass
@@ -58,7 +63,7 @@ class EpochBatches:
 
     def __init__(self, n: int, batch_size: int, seed: int, device="cpu"):
         if batch_size > n:
-            raise ValueError(f"training.batch_size ({batch_size}) exceeds the training set ({n} images)")
+            raise ConfigError(f"config key 'training.batch_size': {batch_size} exceeds the training set ({n} images)")
         self.n, self.batch_size, self.seed, self.device = n, batch_size, seed, device
         self.per_epoch = n // batch_size
         self._epoch, self._perm = -1, None
@@ -145,7 +150,7 @@ class MetricsLog:
     def write(self, row: dict) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as fh:
+        with storage_errors(self.path), self.path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
         if self.writer is not None:
             for key, value in row.items():
@@ -174,8 +179,12 @@ def heldout_loss(score_fn, images: torch.Tensor, sigmas: torch.Tensor, anneal_po
     return (sums / counts).tolist()
 
 
-def _resolve_config(config: RunConfig, workdir: Path, resume: bool) -> tuple[RunConfig, dict | None]:
-    """On resume the run's own config wins for data and model; training/sampling may be changed (e.g. n_iters)."""
+def _resolve_config(config: RunConfig, workdir: Path, resume: bool) -> tuple[dict | None, dict]:
+    """(the latest checkpoint's state or None, {key: [saved, new]} of what the resume changes).
+
+    On resume the data and model sections stay as saved, and so do the seed and the batch size (they fix every
+    random draw); other training and sampling keys may change (e.g. n_iters, lr).
+    """
     existing = ckpt.list_checkpoints(workdir)
     if not resume:
         if existing:
@@ -183,16 +192,87 @@ def _resolve_config(config: RunConfig, workdir: Path, resume: bool) -> tuple[Run
                 f"{workdir} already has checkpoints (latest step {existing[-1][0]}); pass --resume to continue it "
                 "or choose another --workdir"
             )
-        return config, None
+        return None, {}
     if not existing:
         raise RunFolderError(f"--resume: no checkpoint in {workdir / 'checkpoints'} to resume from")
     state = ckpt.load_training_state(existing[-1][1])
-    saved = from_dict(state["config"])
+    saved = _stored_config(state, existing[-1][1])
     saved.data.memory_budget_gb = config.data.memory_budget_gb  # where batches are read from, not what they are
-    for section in ("data", "model"):
-        if getattr(saved, section) != getattr(config, section):
-            raise RunFolderError(f"--resume: the {section} section differs from the run's saved config; keep it as saved")
-    return config, state
+    changed = changes(saved, config)
+    shown = ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in changed.items() if k.split(".")[0] in ("data", "model"))
+    if shown:
+        raise RunFolderError(f"--resume: {shown} differ from the run's saved config; data and model must stay as saved")
+    fixed = ", ".join(f"{k} ({changed[k][0]!r} -> {changed[k][1]!r})" for k in FIXED_ON_RESUME if k in changed)
+    if fixed:
+        raise RunFolderError(f"--resume: changing {fixed} would break the bit-identity of the resumed run with an "
+                             "uninterrupted one (they fix every random draw); start a new run instead")
+    return state, changed
+
+
+def _stored_config(state: dict, path, overrides=()) -> RunConfig:
+    try:
+        return from_dict(state["config"], overrides)
+    except ConfigError as err:
+        if overrides:
+            raise
+        raise RunFolderError(f"{path}: its stored config is invalid ({err})") from None
+
+
+def _config_on_disk(workdir: Path) -> RunConfig | None:
+    path = workdir / "config.yaml"
+    try:
+        return load_config(str(path)) if path.is_file() else None
+    except ConfigError:
+        return None
+
+
+def resume_config(workdir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[RunConfig, bool]:
+    """The config a ``--resume`` without ``--config`` continues with: the latest checkpoint's (the source of truth),
+    then ``overrides``; and whether config.yaml disagreed with it (missing, edited, or left by a failed resume)."""
+    latest = ckpt.latest_checkpoint(workdir)
+    if latest is None:
+        raise RunFolderError(f"--resume: no checkpoint in {Path(workdir) / 'checkpoints'} to resume from")
+    state = ckpt.load_training_state(latest)
+    config = _stored_config(state, latest, overrides)
+    return config, _config_on_disk(Path(workdir)) != _stored_config(state, latest)
+
+
+def _start(workdir: Path, config: RunConfig, state: dict | None, changed: dict) -> None:
+    """Mark the run as started (main process, setup done). A fresh run writes config.yaml. A resume appends its changes
+    to resumes.jsonl and leaves config.yaml at the checkpoint's config (restoring it if missing or edited): the new
+    values reach config.yaml with the first checkpoint that holds them, so a resume that fails before one changes
+    nothing."""
+    runfolder.remove_orphan_temp_files(workdir)
+    if state is None:
+        runfolder.write_config(workdir, config)
+        return
+    saved = from_dict(state["config"])
+    if _config_on_disk(workdir) != saved:
+        runfolder.write_config(workdir, saved)
+    runfolder.record(workdir, "resume", state["step"], changes=changed)
+
+
+def _build(config: RunConfig, device, runtime: RuntimeOptions, state: dict | None):
+    """(model, optimizer, EMA, start step): a fresh initialisation from training.seed, or the checkpoint's state."""
+    t = config.training
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation that leaves the caller's random state alone
+        torch.manual_seed(t.seed)
+        model = build_score_model(config.model)
+    model = model.to(device)
+    if runtime.channels_last:  # before the optimizer and the EMA copy, so their tensors share the layout
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, t)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_rate), use_buffers=True) if t.ema else None
+    if state is None:
+        return model, optimizer, ema, 0
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    for group in optimizer.param_groups:  # a changed learning rate in the config takes effect on resume
+        group["lr"] = t.lr
+    if ema is not None and state["ema"] is not None:
+        ema.module.load_state_dict(state["ema"])
+        ema.n_averaged.fill_(state["ema_updates"])
+    return model, optimizer, ema, state["step"]
 
 
 def train(
@@ -207,49 +287,57 @@ def train(
 
     Launch under ``torchrun --nproc_per_node=N`` for data-parallel training; every rank runs this same function.
     ``runtime`` (compile, bf16 autocast, channels_last) changes speed, not the run: it is not part of the config.
+    The main process holds the folder's lock until it returns. Nothing is written until the setup (checkpoint,
+    data, batch size) has passed; the caller's global random state is left as it was.
     What it leaves to the library is decided once, on the main process, and recorded in ``runtime.json``; a resumed
     run reuses the recorded precision (``ncsn.runtime.settle_run``).
     """
     runtime = runtime or RuntimeOptions()
     workdir = Path(workdir)
     info = distributed.setup(device)
-    t = config.training
-    config, state = _resolve_config(config, workdir, resume)
-    torch.manual_seed(t.seed)
-    model = build_score_model(config.model).to(info.device)
-    check_fits(model, config.sampling, model.sigmas)  # the grids' sampler must suit the network: fail now, not later
-    if info.is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.yaml").write_text(to_yaml(config))
-    shape = (t.batch_size // info.world_size, config.model.in_channels, config.data.image_size, config.data.image_size)
-    if info.is_main:
-        runtime = settle_run(runtime, workdir, state is not None, model, info.device, shape)
-    runtime = distributed.from_main(runtime)
-    if runtime.channels_last:  # before the optimizer and the EMA copy, so their tensors share the layout
-        model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, t)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_rate), use_buffers=True) if t.ema else None
-    start = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        for group in optimizer.param_groups:  # a changed learning rate in the config takes effect on resume
-            group["lr"] = t.lr
-        if ema is not None and state["ema"] is not None:
-            ema.module.load_state_dict(state["ema"])
-            ema.n_averaged.fill_(state["ema_updates"])
-        ckpt.restore_rng(state)
-        start = state["step"]
-        del state
+    lock = runfolder.RunFolderLock(workdir).acquire() if info.is_main else None
+    started = False
+    try:
+        state, changed = _resolve_config(config, workdir, resume)
+        model, optimizer, ema, start = _build(config, info.device, runtime, state)
+        check_fits(model, config.sampling, model.sigmas)  # the grids' sampler must suit the network: fail now
+        t = config.training
+        train_images = training_images(config.data, info.device)  # a device tensor, or memory-mapped beyond budget
+        test_images = load_split(config.data, "test", limit=t.eval_batch_size).images.to(info.device)
+        batches = EpochBatches(len(train_images), t.batch_size, t.seed, info.device)
+        local = distributed.shard(t.batch_size, info.rank, info.world_size)
+        shape = (t.batch_size // info.world_size, config.model.in_channels, config.data.image_size,
+                 config.data.image_size)
+        if info.is_main:
+            _start(workdir, config, state, changed)
+            runtime = settle_run(runtime, workdir, state is not None, model, info.device, shape)
+        runtime = distributed.from_main(runtime)
+        started, state = True, None
+        with cudnn_benchmark(autotunes(info.device)):  # cuDNN's autotuner for the training steps only
+            result = _loop(config, workdir, info, runtime, progress, (model, optimizer, ema), start,
+                           (train_images, test_images, batches, local))
+    except NonFiniteLossError as err:
+        if info.is_main and resume:
+            runfolder.record(workdir, "stopped", err.step, error=str(err))
+        raise
+    finally:
+        if lock is not None:
+            lock.release(discard=not started)
+    distributed.barrier()
+    return result
 
-    train_images = training_images(config.data, info.device)  # a device tensor, or memory-mapped beyond the budget
-    test_images = load_split(config.data, "test", limit=t.eval_batch_size).images.to(info.device)
-    batches = EpochBatches(len(train_images), t.batch_size, t.seed, info.device)
-    local = distributed.shard(t.batch_size, info.rank, info.world_size)
+
+def _loop(config: RunConfig, workdir: Path, info, runtime: RuntimeOptions, progress: bool, trained, start: int,
+          data) -> TrainResult:
+    """The training steps from ``start`` to n_iters, with the held-out loss, checkpoints, snapshots and grids."""
+    t = config.training
+    model, optimizer, ema = trained
+    train_images, test_images, batches, local = data
     net = prepare_model(DistributedDataParallel(model) if info.world_size > 1 else model, runtime, info.device)
     sigmas = model.sigmas
     log = MetricsLog(workdir, info.is_main, start, t.tensorboard)
     bar = tqdm(total=t.n_iters, initial=start, disable=not (progress and info.is_main), desc="training", unit="it")
+    config_written = _config_on_disk(workdir) if info.is_main else None
 
     loss_sum = torch.zeros((), device=info.device)
     nonfinite = torch.zeros((), dtype=torch.bool, device=info.device)
@@ -260,7 +348,7 @@ def train(
         if distributed.any_true(nonfinite):
             latest = ckpt.latest_checkpoint(workdir)
             kept = f"last good checkpoint kept: {latest}" if latest else "no checkpoint was written"
-            raise NonFiniteLossError(f"loss became NaN/inf by step {step}; training stopped ({kept})")
+            raise NonFiniteLossError(f"loss became NaN/inf by step {step}; training stopped ({kept})", step)
 
     try:
         for step in range(start, t.n_iters):
@@ -301,19 +389,25 @@ def train(
                     saved = ckpt.atomic_save(
                         ckpt.training_state(done, config, model, optimizer, ema), ckpt.checkpoint_path(workdir, done)
                     )
+                    if done % t.snapshot_every == 0:  # slim: what the model-selection sweep needs
+                        ckpt.atomic_save(ckpt.snapshot_state(done, config, model, ema),
+                                         ckpt.snapshot_path(workdir, done))
+                    if config_written != config:  # config.yaml follows the latest checkpoint's config
+                        runfolder.write_config(workdir, config)
+                        config_written = config
                     ckpt.prune_checkpoints(workdir, t.keep_last, t.snapshot_every)
 
             if info.is_main and (done % t.sample_every == 0 or done == t.n_iters):
                 sampler_model.eval()
-                _, images, _ = generate(sampler_model, sigmas, t.sample_n, tuple(x.shape[1:]), config.sampling,
-                                        seed=t.seed, device=info.device, batch_size=t.sample_n,
-                                        runtime=RuntimeOptions(precision=runtime.precision,
-                                                               channels_last=bool(runtime.channels_last)))
+                with cudnn_benchmark(False):  # sampling keeps cuDNN's fixed choice: same seed, same grid
+                    _, images, _ = generate(sampler_model, sigmas, t.sample_n, tuple(x.shape[1:]), config.sampling,
+                                            seed=t.seed, device=info.device, batch_size=t.sample_n,
+                                            runtime=RuntimeOptions(precision=runtime.precision,
+                                                                   channels_last=bool(runtime.channels_last)))
                 sampler_model.train()
                 save_grid(workdir / "samples" / f"step_{done:08d}.png", images)
             speed["start"] += time.perf_counter() - side_work
     finally:
         bar.close()
         log.close()
-    distributed.barrier()
     return TrainResult(step=max(start, t.n_iters), last_loss=last_loss, checkpoint=saved or ckpt.latest_checkpoint(workdir))

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import click
-import numpy as np
 
 from .. import distributed
-from ..checkpoint import CheckpointError, list_checkpoints, load_score_model
+from ..checkpoint import CheckpointError, load_score_model, sweep_checkpoints
+from ..errors import InputError
 from ..evaluation import evaluate_samples, parse_metrics, pick_best, sweep_metric, write_sweep
 from ..evaluation.fidelity import resolve_inception_weights
-from ..evaluation.reference import hwc_to_nchw
+from ..evaluation.reference import read_samples
 from ..evaluation.report import INCEPTION, default_n, headline
-from .run import model_source, resolved_sampling, sample_to_folder, sampling_options, user_errors
+from .options import user_errors, write_json
+from .run import model_source, resolved_sampling, sample_to_folder, sampling_options
 
 
 def _files_dir(out: Path) -> Path:
@@ -31,9 +31,9 @@ def _load(source, ema, official, denoise, steps_each, step_lr, batch_size, devic
 
 def _sweep(workdir, n, seed, folder, dist_info, load, evaluate) -> Path:
     """FID on ``n`` samples (same seed) for every checkpoint; rank 0 writes the table, every rank returns the best."""
-    found = list_checkpoints(workdir)
+    found = sweep_checkpoints(workdir)  # slim snapshots where the run made them, full checkpoints otherwise
     if not found:
-        raise CheckpointError(f"--sweep: no checkpoints/checkpoint_*.pt in {workdir}")
+        raise CheckpointError(f"--sweep: no checkpoints/snapshot_*.pt or checkpoint_*.pt in {workdir}")
     rows = []
     for step, path in found:
         model, config, info = load(path)
@@ -41,19 +41,19 @@ def _sweep(workdir, n, seed, folder, dist_info, load, evaluate) -> Path:
         step_dir = folder / f"step_{step:08d}"
         summary = sample_to_folder(model, config, info, n, seed, step_dir, dist_info)
         if dist_info.is_main:
-            samples = hwc_to_nchw(np.load(step_dir / "samples.npz")["samples"])
+            samples = read_samples(step_dir / "samples.npz")
             start = time.perf_counter()
             report = evaluate(samples, [metric], config, model, step_dir)
             fid = headline(report, metric)
             rows.append({"step": step, "fid": fid, "metric": metric, "n": n, "checkpoint": str(path),
                          "seconds": round(summary["seconds"] + time.perf_counter() - start, 2)})
             click.echo(f"sweep: step {step}: {metric} {fid:.4f}")
+    best = None
     if dist_info.is_main:
         best = pick_best(rows)
         paths = write_sweep(folder, rows, best)
         click.echo(f"sweep: best step {best['step']} ({best['metric']} {best['fid']:.4f}); table {paths['csv']}")
-    distributed.barrier()
-    return Path(json.loads((folder / "sweep.json").read_text())["best"]["checkpoint"])
+    return Path(distributed.broadcast_from_main(best["checkpoint"] if best else None))  # no shared files needed
 
 
 @click.command("eval")
@@ -114,10 +114,10 @@ def eval_command(workdir, checkpoint, ema, dataset, image_size, denoise, steps_e
     if not dist_info.is_main:
         distributed.cleanup()
         return
-    samples = hwc_to_nchw(np.load(samples_file)["samples"])
+    samples = read_samples(samples_file)
     expected = (config.model.in_channels, config.data.image_size, config.data.image_size)
     if tuple(samples.shape[1:]) != expected:
-        raise ValueError(f"{samples_file}: samples of shape {tuple(samples.shape[1:])}, the model makes {expected}")
+        raise InputError(f"{samples_file}: samples of shape {tuple(samples.shape[1:])}, the model makes {expected}")
     report = evaluate(samples, wanted, config, model, files)
     report["seconds"] = {"sampling": round(sampling.get("seconds", 0.0), 3), **report["seconds"]}
     result = {
@@ -126,8 +126,7 @@ def eval_command(workdir, checkpoint, ema, dataset, image_size, denoise, steps_e
         "samples": str(samples_file), "sampling": sampling, "sweep": str(files / "sweep" / "sweep.json") if sweep else None,
         **report,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_json(out, result)
     for name in wanted:
         click.echo(f"{name}: {_describe(name, report['metrics'][name])}  ({report['seconds'].get(name, 0):.1f}s)")
     click.echo(f"report: {out}")

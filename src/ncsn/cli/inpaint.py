@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -14,12 +13,14 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import load_score_model
 from ..data import load_split, resize_uint8, to_uint8_hwc
+from ..errors import InputError, storage_errors
 from ..generate import batch_generator
 from ..images import auto_scale, grid_image, masked_view
 from ..inpainting import MASK_NAMES, inpaint, make_mask, parse_mask_spec, quality
 from ..runtime import score_function
 from ..samplers import callback_count, check_fits, used_settings
-from .run import current_runtime, model_source, nfe_summary, resolved_sampling, sampling_options, user_errors
+from .options import user_errors, write_json
+from .run import current_runtime, model_source, nfe_summary, resolved_sampling, sampling_options
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -27,25 +28,28 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 def _check_mask(ctx, param, value: str) -> str:
     try:
         parse_mask_spec(value)
-    except ValueError as err:
+    except InputError as err:
         raise click.BadParameter(str(err)) from None
     return value
 
 
 def folder_images(folder: Path, channels: int, size: int, count: int) -> torch.Tensor:
     """The first ``count`` image files of a folder (by name) as uint8 (N, C, size, size): centre-cropped, resized."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:count]
     if not files:
-        raise ValueError(f"{folder}: no {'/'.join(IMAGE_SUFFIXES)} files to inpaint")
+        raise InputError(f"{folder}: no {'/'.join(IMAGE_SUFFIXES)} files to inpaint")
     images = []
     for path in files:
-        with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
-            side = min(img.size)
-            left, top = (img.width - side) // 2, (img.height - side) // 2
-            array = np.asarray(img.crop((left, top, left + side, top + side))).reshape(side, side, channels)
+        try:
+            with Image.open(path) as img:
+                img = img.convert("L" if channels == 1 else "RGB")
+                side = min(img.size)
+                left, top = (img.width - side) // 2, (img.height - side) // 2
+                array = np.asarray(img.crop((left, top, left + side, top + side))).reshape(side, side, channels)
+        except (UnidentifiedImageError, OSError) as err:
+            raise InputError(f"--images {path}: not an image PIL can read ({type(err).__name__})") from None
         images.append(resize_uint8(torch.from_numpy(array.copy()).permute(2, 0, 1)[None], size))
     return torch.cat(images)
 
@@ -57,9 +61,9 @@ def original_images(source: str, config, count: int) -> torch.Tensor:
     elif Path(source).is_dir():
         images = folder_images(Path(source), config.model.in_channels, config.data.image_size, count)
     else:
-        raise ValueError(f"--images must be test, train or a folder of images; {source!r} is none of these")
+        raise InputError(f"--images must be test, train or a folder of images; {source!r} is none of these")
     if len(images) < count:
-        raise ValueError(f"asked for {count} images but {source} has only {len(images)}")
+        raise InputError(f"asked for {count} images but {source} has only {len(images)}")
     return images[:count]
 
 
@@ -113,23 +117,24 @@ def inpaint_command(workdir, checkpoint, ema, dataset, image_size, denoise, step
     known = make_mask(mask_spec, size, size, seed=seed)
     originals = original_images(source, config, n_images).float() / 255.0
     if settings.sampler not in ("ald", "pc"):
-        raise ValueError(f"--sampler {settings.sampler}: inpainting works with the ald and pc samplers")
+        raise InputError(f"--sampler {settings.sampler}: inpainting works with the ald and pc samplers")
     start = time.perf_counter()
     nfe: list[int] = []
     samples = complete(model, originals, known, n_per_image, settings, seed, device, redraw, nfe)
     seconds = time.perf_counter() - start
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     stored = torch.from_numpy(to_uint8_hwc(samples.flatten(0, 1))).permute(0, 3, 1, 2).float() / 255.0
     figures = quality(originals, stored.view_as(samples), known)
-    np.savez_compressed(
-        out / "inpainting.npz", original=to_uint8_hwc(originals),
-        mask=known.expand(n_images, size, size).to(torch.uint8).numpy(),
-        samples=to_uint8_hwc(samples.flatten(0, 1)).reshape(n_images, n_per_image, size, size, -1),
-    )
     rows = torch.cat([originals[:, None], masked_view(originals, known)[:, None], samples], dim=1)
-    grid_image(rows.flatten(0, 1), nrow=n_per_image + 2, scale=auto_scale(size)).save(out / "grid.png")
+    with storage_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(
+            out / "inpainting.npz", original=to_uint8_hwc(originals),
+            mask=known.expand(n_images, size, size).to(torch.uint8).numpy(),
+            samples=to_uint8_hwc(samples.flatten(0, 1)).reshape(n_images, n_per_image, size, size, -1),
+        )
+        grid_image(rows.flatten(0, 1), nrow=n_per_image + 2, scale=auto_scale(size)).save(out / "grid.png")
     s = settings
     report = {
         "mask": mask_spec, "images": source, "n_images": n_images, "n_per_image": n_per_image, "seed": seed,
@@ -138,7 +143,7 @@ def inpaint_command(workdir, checkpoint, ema, dataset, image_size, denoise, step
         "batch_size": s.batch_size, "sampler": s.sampler, "sampler_settings": used_settings(s), **nfe_summary(nfe),
         "seconds": seconds, **figures,
     }
-    (out / "inpainting.json").write_text(json.dumps(report, indent=2))
+    write_json(out / "inpainting.json", report)
     click.echo(
         f"inpainted {n_images} images x {n_per_image} completions ({mask_spec}, {figures['missing_share']:.0%} "
         f"missing) in {seconds:.1f}s\n"

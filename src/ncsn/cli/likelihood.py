@@ -16,9 +16,9 @@ from ..data import load_split
 from ..generate import batch_generator
 from ..likelihood import PROBES, bits_per_dim
 from ..samplers.common import require_any_sigma
-from .run import model_source, official_options, user_errors
-
-POSITIVE = click.FloatRange(min=0, min_open=True)
+from ..errors import InputError, storage_errors
+from .options import POSITIVE, device_option, finite, user_errors
+from .run import model_source, official_options
 
 
 def likelihood_images(source: str, config) -> torch.Tensor:
@@ -27,12 +27,12 @@ def likelihood_images(source: str, config) -> torch.Tensor:
         return load_split(config.data, source).images
     path = Path(source)
     if path.suffix != ".npz" or not path.is_file():
-        raise ValueError(f"--images must be test, train or an .npz file of N x H x W x C images; got {source!r}")
+        raise InputError(f"--images must be test, train or an .npz file of N x H x W x C images; got {source!r}")
     with np.load(path, allow_pickle=False) as archive:
         key = "samples" if "samples" in archive.files else archive.files[0]
         array = archive[key]
     if array.ndim != 4:
-        raise ValueError(f"{path}: expected N x H x W x C images under {key!r}, got shape {array.shape}")
+        raise InputError(f"{path}: expected N x H x W x C images under {key!r}, got shape {array.shape}")
     return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2)
 
 
@@ -59,7 +59,7 @@ def interval(values: torch.Tensor) -> dict:
 @click.option("--rtol", type=POSITIVE, default=1e-5, help="ODE relative tolerance (Score-SDE's value).")
 @click.option("--atol", type=POSITIVE, default=1e-5, help="ODE absolute tolerance.")
 @click.option("--seed", type=int, default=0, help="Seed of the dequantisation and the probes; batch b uses (seed, b).")
-@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... [default: cuda if available].")
+@device_option()
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the JSON report here.")
 @user_errors
 def likelihood_command(workdir, checkpoint, ema, dataset, image_size, source, n, batch_size, probe, rtol, atol, seed,
@@ -71,7 +71,7 @@ def likelihood_command(workdir, checkpoint, ema, dataset, image_size, source, n,
     require_any_sigma(model, "the likelihood")
     images = likelihood_images(source, config)
     if n is not None and len(images) < n:
-        raise ValueError(f"--n {n}: {source} has only {len(images)} images")
+        raise InputError(f"--n {n}: {source} has only {len(images)} images")
     images = images[:n] if n is not None else images
     size = batch_size or config.sampling.batch_size
     shape = (config.model.in_channels, config.data.image_size, config.data.image_size)
@@ -95,8 +95,9 @@ def likelihood_command(workdir, checkpoint, ema, dataset, image_size, source, n,
         "atol": atol, "method": method, "sigma_min": sigma_min, "sigma_max": sigma_max, "seed": seed,
         "batch_size": size, "dequantisation": "uniform, (k + u) / 256", "offset_bits": 8.0,
     }
-    text = json.dumps(report, indent=2)
+    text = json.dumps(finite(report), indent=2, allow_nan=False)
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text)
+        with storage_errors(out):
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(text)
     click.echo(text)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -12,15 +11,15 @@ from ..config import load_config, to_dict
 from ..data import load_split
 from ..noise_plan import noise_plan
 from ..sigmas import OVERLAP_TARGET
-from .run import user_errors
+from .options import POSITIVE, FiniteFloat, user_errors, write_json
 
 
 @click.command("noise-plan")
 @click.option("--config", "config_name", default="digits", help="Preset name or YAML file whose data to measure.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config field, repeatable.")
 @click.option("--steps-each", type=click.IntRange(min=1), default=5, help="Langevin steps per level T.")
-@click.option("--sigma-min", type=click.FloatRange(min=0, min_open=True), default=0.01, help="Smallest sigma.")
-@click.option("--target", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=OVERLAP_TARGET,
+@click.option("--sigma-min", type=POSITIVE, default=0.01, help="Smallest sigma.")
+@click.option("--target", type=FiniteFloat(0, 1, min_open=True, max_open=True), default=OVERLAP_TARGET,
               help="Overlap of adjacent levels (technique 2); 0.566 reproduces the official ladders, 0.5 is the "
                    "paper's wording.")
 @click.option("--max-points", type=click.IntRange(min=2), default=10_000,
@@ -40,7 +39,7 @@ def noise_plan_command(config_name, overrides, steps_each, sigma_min, target, ma
                       seed=seed)
     click.echo(f"{config.data.dataset} at {config.data.image_size}px\n{plan.describe()}")
     if json_path:
-        Path(json_path).write_text(json.dumps(plan.as_dict(), indent=2) + "\n")
+        write_json(json_path, plan.as_dict())
     if write_path:
         values = to_dict(config)
         for section, keys in plan.config_overrides().items():

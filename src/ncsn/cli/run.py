@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import time
@@ -13,30 +12,17 @@ import numpy as np
 import torch
 
 from .. import distributed
-from ..checkpoint import CheckpointError, export_slim, latest_checkpoint, load_score_model
-from ..config import ConfigError, load_config, named_configs
-from ..data import DATASETS, DatasetNotFoundError, to_uint8_hwc
+from ..checkpoint import export_slim, latest_checkpoint, load_score_model
+from ..config import load_config, named_configs
+from ..data import DATASETS, to_uint8_hwc
+from ..errors import storage_errors
 from ..generate import generate
 from ..images import save_grid, save_progression
 from ..runtime import PRECISIONS, RuntimeOptions, resolve
 from ..samplers import used_settings
+from ..training import resume_config, train
+from .options import POSITIVE, device_option, user_errors, write_json
 from .sampler_options import apply_sampler_options, sampler_options
-from ..training import NonFiniteLossError, RunFolderError, train
-
-USER_ERRORS = (ConfigError, CheckpointError, DatasetNotFoundError, NonFiniteLossError, RunFolderError, ValueError)
-
-
-def user_errors(func):
-    """Report the library's user-facing errors as one `Error: ...` line and exit status 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except USER_ERRORS as err:
-            raise click.ClickException(str(err)) from None
-
-    return wrapper
 
 
 def model_source(workdir: str | None, checkpoint: str | None) -> str:
@@ -105,10 +91,10 @@ def sampling_options(func):
         click.option("--denoise/--no-denoise", default=None,
                      help="End noise-free: ald/ode add the Tweedie step, pc returns its last mean [default: config]."),
         click.option("--steps-each", type=click.IntRange(min=1), help="Langevin steps per level [default: config]."),
-        click.option("--step-lr", type=click.FloatRange(min=0, min_open=True), help="Step size eps [default: config]."),
+        click.option("--step-lr", type=POSITIVE, help="Step size eps [default: config]."),
         click.option("--batch-size", type=click.IntRange(min=1), help="Chains per batch [default: config]."),
         click.option("--seed", type=int, default=0, help="Seed; batch b uses (seed, b)."),
-        click.option("--device", default=None, help="cpu, cuda, cuda:1 ... [default: cuda if available]."),
+        device_option(),
     ]
     func = runtime_options(sampler_options(func))  # listed after the model and chain options in --help
     for option in reversed(options):
@@ -134,52 +120,54 @@ def nfe_summary(per_batch: list[int]) -> dict:
     return {"nfe": int(mean) if mean == int(mean) else round(mean, 2), "nfe_total": int(sum(per_batch))}
 
 
-def sample_to_folder(model, config, info, n, seed, out, dist_info, progression=False, runtime=None) -> dict:
-    """Draw n samples (this rank's share), merge on rank 0, write samples.npz, grid.png and the progression.
+def sample_to_folder(model, config, info, n, seed, out, dist_info, progression=False, runtime=None,
+                     per_example=False) -> dict:
+    """Draw n samples (this rank's share), gather them on rank 0 over the process group (no shared filesystem
+    needed), which writes samples.npz, grid.png and the progression; other ranks write nothing and return {}.
 
     ``runtime`` defaults to the running command's --compile/--precision/--channels-last; what they leave to the
-    library is decided here and written to sample_config.json.
+    library is decided here and written to sample_config.json. ``per_example`` seeds every chain from (seed, index),
+    so the samples do not depend on the batch size.
     """
     shape = (config.model.in_channels, config.data.image_size, config.data.image_size)
     first_batch = (min(config.sampling.batch_size, n), *shape)
     runtime = resolve(runtime or current_runtime(), model, dist_info.device, first_batch, training=False)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     spent: dict = {}
     indices, images, frames = generate(
         model, model.sigmas, n, shape, config.sampling, seed=seed, device=dist_info.device,
         rank=dist_info.rank, world_size=dist_info.world_size, progress=dist_info.is_main, keep_frames=progression,
-        runtime=runtime, info=spent,
+        runtime=runtime, info=spent, per_example=per_example,
     )
     nfe = spent["nfe_per_batch"]
+    samples = to_uint8_hwc(images)
     if dist_info.world_size > 1:
-        np.savez(out / f".part_{dist_info.rank}.npz", indices=indices.numpy(), images=images.numpy(),
-                 nfe=np.asarray(nfe, dtype=np.int64))
-        distributed.barrier()
+        parts = distributed.gather_to_main((indices.numpy(), samples, nfe))
         if not dist_info.is_main:
             return {}
-        parts = [np.load(out / f".part_{r}.npz") for r in range(dist_info.world_size)]
-        indices = torch.from_numpy(np.concatenate([p["indices"] for p in parts]))
-        images = torch.from_numpy(np.concatenate([p["images"] for p in parts]))
-        nfe = [int(v) for p in parts for v in p["nfe"]]
-        for r in range(dist_info.world_size):
-            (out / f".part_{r}.npz").unlink()
-    images = images[torch.argsort(indices)]
+        indices = torch.from_numpy(np.concatenate([p[0] for p in parts]))
+        samples = np.concatenate([p[1] for p in parts])
+        nfe = [int(v) for p in parts for v in p[2]]
+        images = torch.from_numpy(samples).permute(0, 3, 1, 2).float() / 255.0  # the grid of what is stored
+    order = torch.argsort(indices)
+    samples, images = samples[order.numpy()], images[order]
     seconds = time.perf_counter() - start
-    np.savez_compressed(out / "samples.npz", samples=to_uint8_hwc(images))
-    save_grid(out / "grid.png", images[:100])
-    if progression and frames:
-        save_progression(out / "progression.png", out / "progression.gif", frames)
+    with storage_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(out / "samples.npz", samples=samples)
+        save_grid(out / "grid.png", images[:100])
+        if progression and frames:
+            save_progression(out / "progression.png", out / "progression.gif", frames)
     s = config.sampling
     summary = {
-        "n": n, "seed": seed, "weights": info["weights"], "step": info.get("step"), "n_steps_each": s.n_steps_each,
-        "step_lr": s.step_lr, "denoise": s.denoise, "convention": s.convention, "batch_size": s.batch_size,
-        "seconds": seconds, "processes": dist_info.world_size, "compile": runtime.compile,
+        "n": n, "seed": seed, "per_example_seeds": per_example, "weights": info["weights"], "step": info.get("step"),
+        "n_steps_each": s.n_steps_each, "step_lr": s.step_lr, "denoise": s.denoise, "convention": s.convention,
+        "batch_size": s.batch_size, "seconds": seconds, "processes": dist_info.world_size, "compile": runtime.compile,
         "precision": runtime.precision, "channels_last": runtime.channels_last, "sampler": s.sampler,
         "sampler_settings": used_settings(s), **nfe_summary(nfe),
     }
-    (out / "sample_config.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "sample_config.json", summary)
     return summary
 
 
@@ -187,8 +175,8 @@ def sample_to_folder(model, config, info, n, seed, out, dist_info, progression=F
 @click.option("--config", "config_name", default=None, help=f"Preset ({', '.join(named_configs())}) or YAML file.")
 @click.option("--workdir", type=click.Path(file_okay=False), default=None, help="Run folder [default: runs/<config>].")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config field, repeatable.")
-@click.option("--resume", is_flag=True, help="Continue from the run folder's latest checkpoint.")
-@click.option("--device", default=None, help="cpu, cuda ... [default: cuda if available].")
+@click.option("--resume", is_flag=True, help="Continue from the run folder's latest checkpoint (and its config).")
+@device_option()
 @click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
 @runtime_options
 @user_errors
@@ -197,8 +185,13 @@ def train_command(config_name, workdir, overrides, resume, device, progress):
     if config_name is None and not (resume and workdir):
         raise click.UsageError("--config is required (or --resume --workdir DIR to continue a run)")
     workdir = Path(workdir or f"runs/{Path(config_name).stem}")
-    base = config_name if config_name else str(workdir / "config.yaml")
-    config = load_config(base, overrides)
+    if config_name:
+        config = load_config(config_name, overrides)
+    else:  # the latest checkpoint's config is the source of truth, whatever config.yaml says
+        config, stale = resume_config(workdir, overrides)
+        if stale and distributed.setup(device).is_main:
+            click.echo(f"note: {workdir / 'config.yaml'} is missing or differs from the latest checkpoint's config; "
+                       "resuming with the checkpoint's (pass --set KEY=VALUE to change a value)")
     result = train(config, workdir, resume=resume, device=device, progress=progress, runtime=current_runtime())
     if distributed.setup(device).is_main:
         loss = "" if math.isnan(result.last_loss) else f"; loss {result.last_loss:.4f}"
@@ -211,10 +204,12 @@ def train_command(config_name, workdir, overrides, resume, device, progress):
 @click.option("--n", "--num-samples", "n", type=click.IntRange(min=1), default=64,
               help="Number of samples (spell it --num-samples under torchrun, whose parser claims --n).")
 @click.option("--progression", is_flag=True, help="Also write the annealing progression (PNG strip and GIF).")
+@click.option("--per-example-seeds", is_flag=True,
+              help="Seed every chain from (seed, index), so the samples do not depend on --batch-size.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
 @user_errors
 def sample_command(workdir, checkpoint, ema, dataset, image_size, denoise, steps_each, step_lr, batch_size, seed,
-                   device, n, progression, out):
+                   device, n, progression, per_example_seeds, out):
     """Draw samples (--sampler ald|pc|ode|heun): samples.npz (uint8 NxHxWxC), grid.png, sample_config.json (sampler,
     settings, NFE), optional progression."""
     source = model_source(workdir, checkpoint)
@@ -222,7 +217,8 @@ def sample_command(workdir, checkpoint, ema, dataset, image_size, denoise, steps
     model, config, info = load_score_model(source, ema=ema, device=dist_info.device, dataset=dataset,
                                            image_size=image_size)
     resolved_sampling(config, denoise, steps_each, step_lr, batch_size)
-    summary = sample_to_folder(model, config, info, n, seed, out, dist_info, progression)
+    summary = sample_to_folder(model, config, info, n, seed, out, dist_info, progression,
+                               per_example=per_example_seeds)
     if dist_info.is_main:
         click.echo(f"wrote {n} samples to {Path(out) / 'samples.npz'} in {summary['seconds']:.1f}s")
     distributed.cleanup()
@@ -245,7 +241,7 @@ def export_command(workdir, checkpoint, ema, out, dataset, image_size):
 @click.option("--workdir", type=click.Path(file_okay=False), default="runs/demo", help="Run folder.")
 @click.option("--n", type=click.IntRange(min=1), default=1000, help="Digits to sample after training.")
 @click.option("--seed", type=int, default=0, help="Sampling seed.")
-@click.option("--device", default=None, help="cpu, cuda ... [default: cuda if available].")
+@device_option()
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a digits config field.")
 @runtime_options
 @user_errors
@@ -269,7 +265,7 @@ def demo_command(workdir, n, seed, device, overrides):
     report = {"train_seconds": train_seconds, "train_steps": config.training.n_iters,
               "train_images_per_s": float(np.median(speeds)) if speeds else None,
               "sample_seconds": summary["seconds"], "sampling": summary, **quality}
-    (workdir / "demo.json").write_text(json.dumps(report, indent=2))
+    write_json(workdir / "demo.json", report)
     rate = f" ({report['train_images_per_s']:.0f} images/s)" if speeds else ""
     click.echo(
         f"demo: trained {config.training.n_iters} steps in {train_seconds:.0f}s{rate}, sampled {n} digits in "

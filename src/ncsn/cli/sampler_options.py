@@ -9,11 +9,11 @@ from __future__ import annotations
 import click
 
 from ..samplers import CORRECTORS, INITS, PREDICTORS, SAMPLERS, SamplerSettings, validate
+from .options import POSITIVE, FiniteFloat
 
 SAMPLER_KEY = "ncsn.sampler"
 DEFAULTS = SamplerSettings()
-POSITIVE = click.FloatRange(min=0, min_open=True)
-NON_NEGATIVE = click.FloatRange(min=0)
+NON_NEGATIVE = FiniteFloat(min=0)
 
 
 def _store(ctx, param, value):

@@ -5,7 +5,6 @@ Each command writes its figure (PNG), its numbers and resolved options (JSON) to
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -16,15 +15,7 @@ import torch
 
 from .. import plots
 from .. import toy as toy_lib
-
-
-def _device(ctx, param, value: str) -> str:
-    """Validate a torch device string while parsing."""
-    try:
-        torch.device(value)
-    except RuntimeError as err:
-        raise click.BadParameter(str(err)) from None
-    return value
+from .options import POSITIVE, device_option, user_errors, write_json
 
 
 def common_options(default_out: str):
@@ -34,7 +25,7 @@ def common_options(default_out: str):
         options = [
             click.option("--seed", type=int, default=0, help="Seed of every random draw (same seed, same files)."),
             click.option("--out", type=click.Path(file_okay=False), default=default_out, help="Output folder."),
-            click.option("--device", default="cpu", callback=_device, help="Torch device: cpu, cuda, cuda:1 ..."),
+            device_option("cpu", help="Torch device: cpu, cuda, cuda:1 ..."),
         ]
         for option in reversed(options):
             func = option(func)
@@ -43,27 +34,9 @@ def common_options(default_out: str):
     return decorate
 
 
-def _finite(value):
-    """JSON has no NaN or infinity: write them as null (a diverged loss can overflow)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    path.write_text(json.dumps(_finite(payload), indent=2) + "\n")
-
-
 def _density_grid(mixture: toy_lib.GaussianMixture, half_width: float, size: int) -> np.ndarray:
     points = toy_lib.grid_points(half_width, size)
     return mixture.log_prob(points).exp().view(size, size).numpy()
-
-
-POSITIVE = click.FloatRange(min=0, min_open=True)
 
 
 @click.group()
@@ -81,6 +54,7 @@ def toy() -> None:
 @click.option("--steps-each", type=click.IntRange(min=1), default=100, help="Annealed Langevin steps per level.")
 @click.option("--half-width", type=POSITIVE, default=8.0, help="Chains start uniform in [-w, w]^2.")
 @common_options("runs/toy-langevin")
+@user_errors
 def langevin(chains, steps, step_size, sigma_max, sigma_min, levels, steps_each, half_width, seed, out, device):
     """Figure 3: plain versus annealed Langevin with exact scores on 0.2 N((-5,-5), I) + 0.8 N((5,5), I).
 
@@ -109,7 +83,7 @@ def langevin(chains, steps, step_size, sigma_max, sigma_min, levels, steps_each,
         "wall_time_s": seconds,
         "options": options,
     }
-    _write_json(out / "toy.json", report)
+    write_json(out / "toy.json", report)
     modes = "  ".join(f"({m[0]:g}, {m[1]:g})" for m in mixture.means)
     click.echo(f"share of samples nearest to each mode {modes}; true weights {list(mixture.weights)}")
     for name, values in shares.items():
@@ -127,6 +101,7 @@ def langevin(chains, steps, step_size, sigma_max, sigma_min, levels, steps_each,
 @click.option("--grid-size", type=click.IntRange(min=2), default=101, help="Evaluation grid points per axis.")
 @click.option("--half-width", type=POSITIVE, default=8.0, help="Evaluation grid over [-w, w]^2.")
 @common_options("runs/toy-scores")
+@user_errors
 def scores(steps, batch_size, lr, hidden, dsm_sigma, density_threshold, grid_size, half_width, seed, out, device):
     """Figure 2: score MLPs trained by sliced score matching and by DSM are wrong where the data density is low.
 
@@ -157,7 +132,7 @@ def scores(steps, batch_size, lr, hidden, dsm_sigma, density_threshold, grid_siz
         "wall_time_s": seconds,
         "options": options,
     }
-    _write_json(out / "scores.json", report)
+    write_json(out / "scores.json", report)
     click.echo(f"mean squared score error on a {grid_size}x{grid_size} grid over [-{half_width:g}, {half_width:g}]^2")
     for method, errors in report["errors"].items():
         click.echo(
@@ -179,6 +154,7 @@ def scores(steps, batch_size, lr, hidden, dsm_sigma, density_threshold, grid_siz
     help="Folder with Fashion-MNIST's train-images-idx3-ubyte(.gz); the 8x8 digits are used when it is missing.",
 )
 @common_options("runs/toy-manifold")
+@user_errors
 def manifold(steps, batch_size, lr, hidden, noise_std, pool, data_dir, seed, out, device):
     """Figure 1: sliced score matching on raw images versus images + N(0, noise_std^2): the manifold problem.
 
@@ -210,7 +186,7 @@ def manifold(steps, batch_size, lr, hidden, noise_std, pool, data_dir, seed, out
         "wall_time_s": seconds,
         "options": options,
     }
-    _write_json(out / "manifold.json", report)
+    write_json(out / "manifold.json", report)
     click.echo(f"SSM on {source} ({images.shape[0]} images of dimension {images.shape[1]}), {steps} steps each")
     for name, summary in summaries.items():
         click.echo(

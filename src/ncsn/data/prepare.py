@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..errors import InputError
 from .cache import NpyWriter, cache_key, file_entries, open_cached, write_json_atomic
 from .catalog import DataConfig, DatasetNotFoundError, NeedsWrite, cache_dir, check_channels
 
@@ -31,7 +32,7 @@ class UnreadableImagesWarning(UserWarning):
     """Some image files could not be decoded and were left out of the prepared array (one line lists them)."""
 
 
-class ImageTooSmallError(ValueError):
+class ImageTooSmallError(InputError):
     """An image is smaller than the centre crop the config asks for."""
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..data import DATASETS, DataConfig
+from ..errors import InputError
 from .reference import cached_arrays, eval_cache, reference_split
 
 FORMAT = "ncsn-classifier-2"
@@ -122,7 +123,7 @@ def load_classifier(path: Path, device="cpu") -> tuple[SmallClassifier, Classifi
         model.load_state_dict(load_file(str(path)), strict=True)
     except (OSError, ValueError, TypeError, RuntimeError) as err:
         first = (str(err).splitlines() or [type(err).__name__])[0][:120]
-        raise ValueError(f"{path}: unusable cached classifier ({first}); delete it and its .json to retrain") from None
+        raise InputError(f"{path}: unusable cached classifier ({first}); delete it and its .json to retrain") from None
     return model.to(device).eval(), info
 
 
@@ -142,12 +143,12 @@ def get_classifier(data: DataConfig, device="cpu", steps: int | None = None, see
     Returns (model, info, path).
     """
     if DATASETS[data.dataset].channels != 1:
-        raise ValueError(
+        raise InputError(
             f"the classifier metrics (cfid, cscore) are for grey-scale data; {data.dataset} is RGB: use is,fid,kid"
         )
     images, labels, train_fp = reference_split(data, "train")
     if labels is None:
-        raise ValueError(f"{data.dataset}: no class labels, so no classifier can be trained for cfid/cscore")
+        raise InputError(f"{data.dataset}: no class labels, so no classifier can be trained for cfid/cscore")
     path = classifier_path(data, train_fp)
     if path.is_file():
         model, info = load_classifier(path, device)

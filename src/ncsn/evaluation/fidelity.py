@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from ..checkpoint import CheckpointError, safe_load
 from ..data import DataConfig
+from ..errors import NcsnError
 from .metrics import fid_of_features, inception_score, kernel_distance
 from .reference import cached_arrays, eval_cache, file_fingerprint, reference_split
 
@@ -24,7 +25,7 @@ EXTRACTOR = "inception-v3-compat"
 POOL, LOGITS = "2048", "logits_unbiased"
 
 
-class InceptionWeightsError(ValueError):
+class InceptionWeightsError(NcsnError, ValueError):
     """The Inception weights are missing or not a weights file; the message names the file and where it goes."""
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..errors import InputError
+
 
 def feature_statistics(features) -> dict[str, np.ndarray]:
     """Mean and covariance of (N, D) features, in float64 (torch-fidelity's FID statistics)."""
@@ -12,7 +14,7 @@ def feature_statistics(features) -> dict[str, np.ndarray]:
 
     features = torch.as_tensor(np.asarray(features, dtype=np.float64))
     if features.dim() != 2 or len(features) < 2:
-        raise ValueError(f"FID needs at least 2 feature vectors of shape (N, D), got {tuple(features.shape)}")
+        raise InputError(f"FID needs at least 2 feature vectors of shape (N, D), got {tuple(features.shape)}")
     return fid_features_to_statistics(features)
 
 
@@ -36,7 +38,7 @@ def kernel_distance(features_1, features_2, subsets: int = 100, subset_size: int
     f1, f2 = (torch.as_tensor(np.asarray(f, dtype=np.float64)) for f in (features_1, features_2))
     size = min(subset_size, len(f1), len(f2))
     if size < 2:
-        raise ValueError(f"KID needs at least 2 images in each set, got {len(f1)} and {len(f2)}")
+        raise InputError(f"KID needs at least 2 images in each set, got {len(f1)} and {len(f2)}")
     out = kid_features_to_metric(f1, f2, kid_subsets=subsets, kid_subset_size=size, rng_seed=seed, verbose=False)
     return {"mean": out[KEY_METRIC_KID_MEAN], "std": out[KEY_METRIC_KID_STD], "subset_size": size, "subsets": subsets}
 
@@ -48,7 +50,7 @@ def classifier_score(probs) -> float:
     """
     p = torch.as_tensor(np.asarray(probs, dtype=np.float64))
     if p.dim() != 2 or len(p) == 0:
-        raise ValueError(f"classifier score needs (N, K) class probabilities, got shape {tuple(p.shape)}")
+        raise InputError(f"classifier score needs (N, K) class probabilities, got shape {tuple(p.shape)}")
     marginal = p.mean(dim=0, keepdim=True)
     kl = (torch.special.xlogy(p, p) - torch.special.xlogy(p, marginal)).sum(dim=1)
     return float(kl.mean().exp())

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import InputError
 from ..images import save_grid
 
 
@@ -14,7 +15,7 @@ from ..images import save_grid
 def nearest_neighbours(queries: torch.Tensor, train: torch.Tensor, k: int = 5, chunk: int = 4096):
     """(distances (N, k), indices (N, k)) of the k nearest training images by exact L2 on [0, 1] pixels."""
     if k > len(train):
-        raise ValueError(f"nn: k={k} exceeds the {len(train)} training images")
+        raise InputError(f"nn: k={k} exceeds the {len(train)} training images")
     q = queries.flatten(1).double() / 255.0
     best_d = torch.full((len(q), 0), 0.0, dtype=torch.float64)
     best_i = torch.zeros((len(q), 0), dtype=torch.long)

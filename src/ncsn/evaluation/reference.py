@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 
 from ..data import DataConfig, cache_dir, load_split
+from ..errors import InputError
 
 
 def fingerprint(images: torch.Tensor) -> str:
@@ -65,5 +68,22 @@ def hwc_to_nchw(samples: np.ndarray) -> torch.Tensor:
     """samples.npz's uint8 (N, H, W, C) as the library's uint8 (N, C, H, W)."""
     samples = np.asarray(samples)
     if samples.dtype != np.uint8 or samples.ndim != 4:
-        raise ValueError(f"samples must be uint8 (N, H, W, C), got {samples.dtype} {samples.shape}")
+        raise InputError(f"samples must be uint8 (N, H, W, C), got {samples.dtype} {samples.shape}")
     return torch.from_numpy(np.ascontiguousarray(samples)).permute(0, 3, 1, 2).contiguous()
+
+
+def read_samples(path: str | Path):
+    """uint8 (N, C, H, W) samples from a samples.npz (uint8 N x H x W x C under 'samples'), read without pickle; a file
+    that is not one is an InputError naming it."""
+    problem = (ValueError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile)
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except problem:
+        raise InputError(f"{path}: not a samples.npz file (uint8 N x H x W x C under 'samples')") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile) or "samples" not in loaded.files:
+        raise InputError(f"{path}: not a samples.npz file (it has no 'samples' array)")
+    with loaded:
+        try:
+            return hwc_to_nchw(loaded["samples"])
+        except problem as err:
+            raise InputError(f"{path}: {(str(err).splitlines() or [''])[0]}") from None

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..data import DATASETS, DataConfig, load_split
+from ..errors import InputError
 from .classifier import classifier_outputs, classifier_reference, get_classifier
 from .fidelity import inception_features, inception_metrics, inception_reference, resolve_inception_weights
 from .heldout import heldout_dsm_loss
@@ -51,9 +52,9 @@ def parse_metrics(text: str | None, dataset: str) -> list[str]:
     names = [m.strip().lower() for m in text.split(",") if m.strip()]
     unknown = [m for m in names if m not in METRICS]
     if unknown or not names:
-        raise ValueError(f"--metrics: unknown {unknown or 'empty list'}; choose from {','.join(METRICS)}")
+        raise InputError(f"--metrics: unknown {unknown or 'empty list'}; choose from {','.join(METRICS)}")
     if not is_grey(dataset) and CLASSIFIER & set(names):
-        raise ValueError(f"--metrics: cfid and cscore are for grey-scale data; {dataset} is RGB (use is,fid,kid)")
+        raise InputError(f"--metrics: cfid and cscore are for grey-scale data; {dataset} is RGB (use is,fid,kid)")
     return list(dict.fromkeys(names))
 
 

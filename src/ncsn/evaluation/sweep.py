@@ -7,6 +7,8 @@ import json
 import math
 from pathlib import Path
 
+from ..errors import InputError
+
 FIELDS = ("step", "fid", "metric", "n", "seconds", "checkpoint")
 
 
@@ -14,7 +16,7 @@ def pick_best(rows: list[dict], key: str = "fid") -> dict:
     """The row with the lowest finite ``key``; a tie goes to the earlier step."""
     finite = [r for r in rows if r.get(key) is not None and math.isfinite(r[key])]
     if not finite:
-        raise ValueError(f"sweep: no checkpoint gave a finite {key} ({len(rows)} evaluated)")
+        raise InputError(f"sweep: no checkpoint gave a finite {key} ({len(rows)} evaluated)")
     return min(finite, key=lambda r: (r[key], r["step"]))
 
 

@@ -5,6 +5,11 @@ shift = gamma * alpha * mu_tilde + beta - scale * mean, where mean/rstd are the 
 variance, eps 1e-5) and mu_tilde the plane means standardised over channels (unbiased variance, eps 1e-5).
 The backward pass needs two plane sums of the incoming gradient and one fused write, whatever the memory layout.
 The ELU that follows most norms of the network can run inside (in place, undone in the backward from its output).
+
+Statistics are float32 at least, whatever the input dtype (bf16 under autocast): the plane means, the variances
+and, in the backward pass, the centred planes and the products with the gradient. A backward pass that builds a
+graph itself (``create_graph=True``, as sliced score matching does) differentiates the plain formula instead, so
+second derivatives are exact.
 """
 
 from __future__ import annotations
@@ -27,12 +32,14 @@ def _standardised_means(mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def reference_formula(x, gamma, alpha, beta):
-    """The same function in plain differentiable ops (used under torch.compile, which fuses them itself)."""
-    var, mean = (s.to(stats_dtype(x)) for s in torch.var_mean(x, dim=(2, 3), correction=0))
+    """The same function in plain differentiable ops (used under torch.compile, which fuses them itself, and for
+    backward passes that build a graph). Computed in float32 at least; returned in x's dtype."""
+    xs = x.to(stats_dtype(x))
+    var, mean = torch.var_mean(xs, dim=(2, 3), correction=0)
     centred, q = _standardised_means(mean)
     scale = gamma * torch.rsqrt(var + EPS)
     shift = gamma * alpha * centred * q + beta - scale * mean
-    return torch.addcmul(shift[..., None, None], x, scale[..., None, None])
+    return torch.addcmul(shift[..., None, None], xs, scale[..., None, None]).to(x.dtype)
 
 
 def _plane_sum_of_squares(d: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -44,11 +51,10 @@ def _plane_sum_of_squares(d: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.linalg.vecdot(flat, flat)
 
 
-def _forward(x, gamma, alpha, beta, activation: bool, keep_centred: bool):
-    """(output, tensors for the backward pass). Contiguous input: one native batch-norm kernel over the N*C planes
-    carries the per-example affine. channels_last input: mean, then the centred planes d = x - mean (an exact
-    two-pass variance), then one write; d stands in for x in the backward pass, or takes the output when
-    ``keep_centred`` is False (no autograd)."""
+def _forward(x, gamma, alpha, beta, activation: bool):
+    """(output, (mean, rstd, centred, q)). Contiguous input: one native batch-norm kernel over the N*C planes carries
+    the per-example affine. channels_last input: mean, then the planes centred on the mean rounded to x's dtype (an
+    exact two-pass variance; the rounding is corrected in float32), then one write into that same buffer."""
     n, c, height, width = x.shape
     dtype = stats_dtype(x)
     mean = x.mean(dim=(2, 3), dtype=dtype)
@@ -57,37 +63,57 @@ def _forward(x, gamma, alpha, beta, activation: bool, keep_centred: bool):
     if x.is_contiguous():
         out, _, rstd = torch.native_batch_norm(x.view(1, n * c, height, width), gamma.reshape(-1), bias.reshape(-1),
                                                None, None, True, 0.0, EPS)
-        out, rstd, saved = out.view(n, c, height, width), rstd.view(n, c).to(dtype), x
+        out, rstd = out.view(n, c, height, width), rstd.view(n, c).to(dtype)
     else:
-        saved = x - mean.to(x.dtype)[..., None, None]
-        rstd = torch.rsqrt(_plane_sum_of_squares(saved, dtype) / (height * width) + EPS)
-        scale = (gamma * rstd).to(x.dtype)[..., None, None]
-        out = torch.addcmul(bias.to(x.dtype)[..., None, None], saved, scale, out=None if keep_centred else saved)
+        rounded = mean.to(x.dtype)
+        offset = mean - rounded.to(dtype)  # the planes' mean after centring on ``rounded``; 0 in float32
+        out = x - rounded[..., None, None]
+        rstd = torch.rsqrt(_plane_sum_of_squares(out, dtype) / (height * width) - offset.square() + EPS)
+        scale = gamma * rstd
+        shift = bias - scale * offset
+        out = torch.addcmul(shift.to(x.dtype)[..., None, None], out, scale.to(x.dtype)[..., None, None], out=out)
     if activation:
         out = F.elu(out, inplace=True)
-    return out, (saved, mean, rstd, centred, q, gamma, alpha, out if activation else None)
+    return out, (mean, rstd, centred, q)
+
+
+def _graph_backward(grad, inputs, activation: bool, needs: tuple[bool, ...]) -> tuple:
+    """The input gradients as a differentiable function of the inputs: autograd of the plain formula."""
+    with torch.enable_grad():
+        out = reference_formula(*inputs)
+        if activation:
+            out = F.elu(out)
+        wanted = [t for t, need in zip(inputs, needs) if need]
+        grads = iter(torch.autograd.grad(out, wanted, grad, create_graph=True))
+    return tuple(next(grads) if need else None for need in needs)
 
 
 class CondInstanceNormFunction(torch.autograd.Function):
-    """The autograd function: forward as ``_forward``, backward by hand (checked against finite differences)."""
+    """The autograd function: forward as ``_forward``, backward by hand (checked against finite differences), or by
+    autograd of the plain formula when the backward pass itself is differentiated."""
 
     @staticmethod
     def forward(ctx, x, gamma, alpha, beta, activation=False):
-        out, saved = _forward(x, gamma, alpha, beta, activation, keep_centred=True)
-        ctx.activation, ctx.centred_input = activation, saved[0] is not x
-        ctx.save_for_backward(*saved)
+        out, stats = _forward(x, gamma, alpha, beta, activation)
+        ctx.activation = activation
+        ctx.save_for_backward(x, gamma, alpha, beta, *stats, out if activation else None)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        saved, mean, rstd, centred, q, gamma, alpha, out = ctx.saved_tensors
+        x, gamma, alpha, beta, mean, rstd, centred, q, out = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: second derivatives are wanted
+            return (*_graph_backward(grad, (x, gamma, alpha, beta), ctx.activation, ctx.needs_input_grad[:4]), None)
         if ctx.activation:
             grad = torch.ops.aten.elu_backward(grad, 1.0, 1, 1, True, out)
-        c, planes = saved.shape[1], saved.shape[2] * saved.shape[3]
-        g_sum = grad.sum(dim=(2, 3), dtype=mean.dtype)  # d shift
-        gd_sum = (grad * saved).sum(dim=(2, 3), dtype=mean.dtype)  # sum of grad * (x - mean)
-        if not ctx.centred_input:
-            gd_sum = gd_sum - mean * g_sum
+        dtype, c, planes = mean.dtype, x.shape[1], x.shape[2] * x.shape[3]
+        low = x.dtype != dtype  # bf16/fp16: centred planes and products in float32, not a large mean subtracted late
+        g_sum = grad.sum(dim=(2, 3), dtype=dtype)  # d shift
+        if low:
+            d, g = x.to(dtype) - mean[..., None, None], grad.to(dtype)
+            gd_sum = (g * d).sum(dim=(2, 3))  # sum of grad * (x - mean)
+        else:
+            gd_sum = (grad * x).sum(dim=(2, 3), dtype=dtype) - mean * g_sum
         mu_tilde = centred * q
         d_gamma = rstd * gd_sum + alpha * mu_tilde * g_sum
         d_alpha = gamma * mu_tilde * g_sum
@@ -97,9 +123,14 @@ class CondInstanceNormFunction(torch.autograd.Function):
         d_centred = d_mu_tilde * q - d_q * q.pow(3) * centred / (c - 1)
         d_mean = d_centred - d_centred.mean(dim=1, keepdim=True) - g_sum * gamma * rstd
         a = 2.0 * d_var / planes  # grad_x = grad * scale + (x - mean) * a + d_mean / planes
-        b = d_mean / planes if ctx.centred_input else d_mean / planes - a * mean
-        grad_x = torch.addcmul(b.to(saved.dtype)[..., None, None], saved, a.to(saved.dtype)[..., None, None])
-        grad_x.addcmul_(grad, (gamma * rstd).to(grad.dtype)[..., None, None])
+        scale = gamma * rstd
+        if low:
+            grad_x = torch.addcmul((d_mean / planes)[..., None, None], d, a[..., None, None])
+            grad_x = grad_x.addcmul_(g, scale[..., None, None]).to(x.dtype)
+        else:
+            b = d_mean / planes - a * mean
+            grad_x = torch.addcmul(b.to(x.dtype)[..., None, None], x, a.to(x.dtype)[..., None, None])
+            grad_x.addcmul_(grad, scale.to(grad.dtype)[..., None, None])
         return grad_x, d_gamma, d_alpha, g_sum, None
 
 
@@ -109,5 +140,5 @@ def cond_instance_norm(x, gamma, alpha, beta, activation: bool = False):
         out = reference_formula(x, gamma, alpha, beta)
         return F.elu(out) if activation else out
     if not torch.is_grad_enabled():
-        return _forward(x, gamma, alpha, beta, activation, keep_centred=False)[0]
+        return _forward(x, gamma, alpha, beta, activation)[0]
     return CondInstanceNormFunction.apply(x, gamma, alpha, beta, activation)

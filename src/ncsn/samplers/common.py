@@ -46,9 +46,23 @@ def prior_init(shape, sigma_max: float, generator: Generators = None, device=Non
     return randn(shape, generator, device).mul_(float(sigma_max))
 
 
-def per_example_generators(seed: int, count: int, start: int = 0, device="cpu") -> list[torch.Generator]:
-    """Generators seeded ``seed + start``, ..., so example k of a run always gets the same noise."""
-    return [torch.Generator(device=device).manual_seed(seed + start + k) for k in range(count)]
+def per_example_generators(seed: int, count: int, start: int = 0, device=None) -> list[torch.Generator]:
+    """One generator per example ``start``, ..., ``start + count - 1``, so example k of a run always gets the same
+    noise whatever batch it is drawn in.
+
+    Example k's seed is hashed from (seed, k) by numpy's SeedSequence, so neighbouring seeds share no streams (a
+    plain ``seed + k`` would give seed s's example k + 1 the noise of seed s + 1's example k). ``device`` (a device,
+    or a tensor whose device to follow) defaults to torch's default device, where new tensors go.
+    """
+    import numpy as np
+
+    if isinstance(device, torch.Tensor):
+        device = device.device
+    device = torch.get_default_device() if device is None else torch.device(device)
+    entropy = seed % 2**64  # SeedSequence takes non-negative integers; negative seeds map one-to-one
+    seeds = [int(np.random.SeedSequence(entropy, spawn_key=(start + k,)).generate_state(1, np.uint64)[0])
+             for k in range(count)]
+    return [torch.Generator(device=device).manual_seed(s) for s in seeds]
 
 
 class Counted:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import InputError
 from ..schedules import karras_sigmas, ve_sde_sigmas
 from .common import Generators, ScoreFn, prior_init, report, require_any_sigma, require_on_ladder, uniform_init
 from .heun import heun_sampler
@@ -95,7 +96,7 @@ def validate(s) -> None:
     found = problems(s)
     if found:
         key, message = found[0]
-        raise ValueError(f"sampling.{key}: {message}")
+        raise InputError(f"sampling.{key}: {message}")
 
 
 def used_settings(s) -> dict:
@@ -175,7 +176,7 @@ def run_sampler(
     """
     validate(s)
     if constraint is not None and s.sampler not in ("ald", "pc"):
-        raise ValueError(f"inpainting works with the ald and pc samplers, not {s.sampler}")
+        raise InputError(f"inpainting works with the ald and pc samplers, not {s.sampler}")
     sigmas = schedule(s, ladder, frames=callback is not None)
     total = callback_count(s, ladder)
     step_callback = None
