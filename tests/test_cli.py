@@ -178,8 +178,14 @@ def test_a_full_disk_and_a_read_only_folder_are_one_line_and_keep_the_last_check
     workdir = tmp_path / "run"
     train_tiny(workdir, TINY)
     good = sorted((workdir / "checkpoints").iterdir())
-    monkeypatch.setattr(checkpoint.os, "fsync", lambda fd: (_ for _ in ()).throw(
-        OSError(errno.ENOSPC, "No space left on device")))
+    real_fsync = checkpoint.os.fsync
+
+    def full_for_checkpoints(fd):  # the disk fills up while a checkpoint is written (other small files still fit)
+        if ".checkpoint_" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(checkpoint.os, "fsync", full_for_checkpoints)
     result = run("train", "--workdir", workdir, "--resume", "--device", "cpu", "--no-progress",
                  "--set=training.n_iters=6")
     assert result.exit_code == 1 and handled(result), result.output

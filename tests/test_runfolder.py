@@ -36,8 +36,10 @@ def sets(*overrides):
 
 def one_line_error(result, *fragments):
     assert result.exit_code == 1, result.output
-    line = result.output.strip()
-    assert line.startswith("Error: ") and "\n" not in line and "Traceback" not in line, result.output
+    # the error is the last line and a single one; a note printed before it (the precision chosen) may precede it
+    line = result.output.strip().splitlines()[-1]
+    assert line.startswith("Error: ") and result.output.count("Error: ") == 1, result.output
+    assert "Traceback" not in result.output, result.output
     for fragment in fragments:
         assert fragment in line, line
     return line
