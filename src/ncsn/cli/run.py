@@ -20,7 +20,8 @@ from ..generate import generate
 from ..images import save_grid, save_progression
 from ..runtime import PRECISIONS, RuntimeOptions, resolve
 from ..samplers import used_settings
-from ..training import resume_config, train
+from ..resume import resume_config
+from ..training import train
 from .options import POSITIVE, device_option, user_errors, write_json
 from .sampler_options import apply_sampler_options, sampler_options
 
