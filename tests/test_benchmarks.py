@@ -29,6 +29,38 @@ def bench(tmp_path_factory):
         yield quality_per_nfe.main
 
 
+@pytest.fixture
+def recipes(bench):
+    import recipes_v1_v2
+
+    return recipes_v1_v2
+
+
+def test_recipes_side_by_side_trains_both_for_the_budget_and_scores_them_alike(recipes, tmp_path, unconditional_arch):
+    tiny = ["model.ngf=4", "training.batch_size=16", "training.checkpoint_every=1000", "training.sample_every=1000",
+            "training.log_every=1", "training.eval_every=1000", "sampling.batch_size=20"]
+    out = tmp_path / "res" / "side"
+    result = recipes.main(["--v1", "digits", "--v2", "digits", *[f"--set={s}" for s in tiny],
+                           f"--v2-set=model.arch={unconditional_arch}", "--sample-set=sampling.n_steps_each=1",
+                           "--minutes", "0.05", "--calibration-steps", "2", "--n", "20", "--device", "cpu",
+                           "--workdir", str(tmp_path / "runs"), "--out", str(out)])
+    assert json.loads(out.with_suffix(".json").read_text()) == json.loads(json.dumps(result))
+    rows = result["recipes"]
+    for name in ("v1", "v2"):
+        r = rows[name]
+        model, config, info = recipes.load_score_model(tmp_path / "runs" / name)
+        assert info["step"] == r["train"]["steps"] >= 2 and r["train"]["seconds"] >= r["train"]["calibration_seconds"]
+        assert r["nfe"] == 11 and r["cfid"] > 0 and 1 <= r["cscore"] <= 10  # T = 1 on 10 levels, plus denoising
+        v1_sigmas = recipes.load_score_model(tmp_path / "runs" / "v1")[0].sigmas
+        test = recipes.load_split(config.data, "test").images
+        direct = recipes.heldout_dsm_loss(model, test, v1_sigmas, 2.0, seed=0, dequantize=False)
+        assert r["heldout_loss_v1_ladder"] == pytest.approx(direct["mean"], rel=1e-12)
+    assert result["winner_by_cfid"] in ("v1", "v2") and result["cfid_ratio"] >= 1
+    assert out.with_suffix(".md").read_text().count("\n") == 2 + 2 + 1
+    with pytest.raises(SystemExit, match="not empty"):
+        recipes.main(["--minutes", "1", "--workdir", str(tmp_path / "runs"), "--out", str(out)])
+
+
 def test_quality_per_nfe_on_a_v1_model_skips_what_it_cannot_run(bench, tmp_path):
     workdir = tmp_path / "v1"
     train_tiny(workdir, TINY)
@@ -135,3 +167,17 @@ def test_reference_side_by_side_alternates_processes_and_reports_floor_fractions
     assert summary["sample"]["ncsn_defaults"] == {"precision": rows[3]["precision"], "channels_last": True}
     bad = subprocess.run([*cmd[:2], "--reference", str(tmp_path)], capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "is not an ermongroup/ncsn checkout" in bad.stderr
+
+
+def test_goal_compares_with_the_ald_run_nearest_the_papers_thousand_evaluations(bench):
+    import quality_per_nfe
+
+    def row(sampler, budget, nfe, cfid):
+        return {"sampler": sampler, "budget": budget, "nfe": nfe, "cfid": cfid}
+
+    rows = [row("ald", 10, 171, 9.0), row("ald", 59, 1004, 5.0), row("ald", 100, 1701, 4.5), row("heun", 18, 35, 5.0),
+            row("pc", "N=100,c=1", 200, 3.0)]
+    g = quality_per_nfe.goal(rows)
+    assert g["reference"]["budget"] == 59 and g["best_at_most_100_nfe"]["sampler"] == "heun" and g["reached"]
+    assert not quality_per_nfe.goal([*rows[:2], row("heun", 18, 35, 5.1)])["reached"]
+    assert quality_per_nfe.goal([rows[0], rows[3]])["reference"] is None  # 171 NFE is not the paper's budget

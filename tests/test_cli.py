@@ -102,9 +102,10 @@ def test_demo_trains_samples_and_scores(tmp_path):
     assert report["beats_baselines"] == all(report["samples"]["cfid"] < b["cfid"] for b in report["baselines"].values())
     assert "Gaussian mixture, 30 components" in result.output and "real held-out digits" in result.output
     assert report["train_steps"] == 4 and report["train_images_per_s"] > 0
+    assert report["wall_seconds"] >= report["train_seconds"] + report["sample_seconds"] and "s in all" in result.output
     assert (tmp_path / "samples_final" / "grid.png").is_file() and (tmp_path / "samples_final" / "nn.png").is_file()
     rerun = run("demo", "--workdir", tmp_path, "--n", 20, "--device", "cpu", *[f"--set={s}" for s in TINY])
-    assert rerun.exit_code == 0 and json.loads((tmp_path / "demo.json").read_text())["class_shares"] == report[
+    assert rerun.exit_code == 0 and "reused the model trained to step 4" in rerun.output and json.loads((tmp_path / "demo.json").read_text())["class_shares"] == report[
         "class_shares"]
 
 

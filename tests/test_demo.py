@@ -19,11 +19,11 @@ def test_gmm_baseline_draws_from_the_fitted_mixture():
 
 
 def test_format_report_puts_model_beside_baselines_and_real_digits():
-    row = {"cfid": 5.0, "cfid_at_test_n": 8.0, "cscore": 9.5, "n": 1000, "nn_median": 1.1, "nn_min": 0.6}
+    row = {"cfid": 5.0, "cfid_at_test_n": 8.0, "cscore": 9.5, "n": 1000, "nn_median": 1.1, "nn_min": 0.6, "nn_p10": 0.8}
     report = {"samples": row, "baselines": {"gmm_10": {**row, "cfid": 22.0}, "gmm_30": {**row, "cfid": 12.0}},
-              "real_test": {"cfid_at_test_n": 3.5, "cscore": 9.6, "n": 297, "nn_median": 1.0}, "class_shares": [0.1] * 10}
+              "real_test": {"cfid_at_test_n": 3.5, "cscore": 9.6, "n": 297, "nn_median": 1.0, "nn_p10": 0.7}, "class_shares": [0.1] * 10}
     text = format_report(report)
     lines = text.splitlines()
     assert "FID at N=297" in lines[0] and lines[1].split()[:2] == ["samples", "5.00"]
     assert "Gaussian mixture, 10 components" in lines[2] and "22.00" in lines[2] and "real held-out digits" in lines[4]
-    assert "median L2: samples 1.100, real held-out 1.000" in text
+    assert "median / 10th percentile: samples 1.100 / 0.800, real held-out 1.000 / 0.700" in text

@@ -17,6 +17,7 @@ from ncsn.evaluation import (
     get_classifier,
     heldout_dsm_loss,
     nearest_neighbours,
+    neighbour_report,
     parse_metrics,
     pick_best,
     write_sweep,
@@ -94,6 +95,21 @@ def test_nearest_neighbour_of_a_training_image_is_itself():
     dist, idx = nearest_neighbours(train[[7, 123]], train, k=3, chunk=50)
     assert idx[:, 0].tolist() == [7, 123] and dist[:, 0].tolist() == [0.0, 0.0]
     assert (dist[:, 1:] > 0).all() and (dist.diff(dim=1) >= 0).all()
+
+
+def test_neighbour_statistics_cover_all_samples_while_the_figure_shows_the_first(tmp_path):
+    gen = torch.Generator().manual_seed(1)
+    train = torch.randint(0, 256, (200, 1, 8, 8), dtype=torch.uint8, generator=gen)
+    test = torch.randint(0, 256, (150, 1, 8, 8), dtype=torch.uint8, generator=gen)
+    samples = torch.cat([train[:10], test[:90]])  # 10 copies of training images, then 90 unseen ones
+    rep = neighbour_report(samples, train, test, tmp_path / "nn.png", k=2, n=8, n_stats=60)
+    assert (rep["n_shown"], rep["n_samples"], rep["n_real"]) == (8, 60, 60)
+    assert rep["nearest_distances"] == [0.0] * 8 and len(rep["neighbour_indices"]) == 8
+    direct = nearest_neighbours(samples[:60], train, 1)[0][:, 0].numpy()
+    real = nearest_neighbours(test[:60], train, 1)[0][:, 0].numpy()
+    assert rep["samples_nearest"]["median"] == pytest.approx(float(np.median(direct)))
+    assert rep["samples_nearest"]["min"] == 0.0 and rep["real_test_nearest"]["median"] == pytest.approx(float(np.median(real)))
+    assert (tmp_path / "nn.png").is_file()
 
 
 def test_heldout_loss_is_seeded_and_batch_size_free(data_cache):

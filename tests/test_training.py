@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import signal
@@ -10,7 +11,8 @@ import torch
 
 from ncsn import training
 from ncsn.checkpoint import list_checkpoints, load_training_state
-from ncsn.config import load_config
+from ncsn.config import ConfigError, load_config
+from ncsn.lr_schedule import lr_at
 from ncsn.training import NonFiniteLossError, RunFolderError, train
 
 TINY = [
@@ -39,7 +41,7 @@ def test_tiny_run_writes_its_files(tmp_path):
     train_rows = [r for r in rows if "loss" in r]
     eval_rows = [r for r in rows if "test_loss" in r]
     assert [r["step"] for r in train_rows] == [5, 10] and [r["step"] for r in eval_rows] == [5, 10]
-    assert all(r["images_per_s"] > 0 and r["lr"] == 1e-3 for r in train_rows)
+    assert all(r["images_per_s"] > 0 and r["lr"] == lr_at(config.training, r["step"] - 1) for r in train_rows)
     assert len(eval_rows[0]["test_loss_per_level"]) == 10
     assert [s for s, _ in list_checkpoints(tmp_path)] == [5, 10]
     assert (tmp_path / "samples" / "step_00000010.png").is_file()
@@ -53,7 +55,8 @@ def test_tiny_run_writes_its_files(tmp_path):
 
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     args = ["train", "--config", "digits", "--device", "cpu", "--no-progress"]
-    sets = [f"--set={s}" for s in TINY + ["training.n_iters=60"]]
+    schedule = ["training.lr_schedule=cosine", "training.lr_warmup=10"]  # the rate is a function of the step
+    sets = [f"--set={s}" for s in TINY + schedule + ["training.n_iters=60"]]
     straight = cli(*args, "--workdir", str(tmp_path / "straight"), *sets)
     assert straight.returncode == 0, straight.stderr
 
@@ -77,6 +80,30 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
             assert torch.equal(a[key][name], b[key][name]), (key, name)
     steps = [json.loads(r)["step"] for r in (victim / "metrics.jsonl").read_text().splitlines() if '"loss"' in r]
     assert steps == list(range(5, 61, 5))  # rows after the checkpoint were dropped, then rewritten
+
+
+def test_learning_rate_schedules_follow_their_closed_forms():
+    t = load_config("digits", ["training.n_iters=101", "training.lr=1e-3", "training.lr_min=1e-4",
+                               "training.lr_warmup=0", "training.lr_schedule=cosine"]).training
+    assert lr_at(t, 0) == pytest.approx(1e-3) and lr_at(t, 100) == pytest.approx(1e-4)
+    assert lr_at(t, 50) == pytest.approx(5.5e-4) and lr_at(t, 25) == pytest.approx(1e-4 + 9e-4 * (1 + 0.5 ** 0.5) / 2)
+    lin = dataclasses.replace(t, lr_schedule="linear", lr_warmup=20, lr_min=0.0)
+    assert [lr_at(lin, s) for s in (0, 9, 19)] == pytest.approx([5e-5, 5e-4, 1e-3])  # warm-up ends at lr
+    assert lr_at(lin, 60) == pytest.approx(5e-4) and lr_at(lin, 100) == 0.0
+    const = dataclasses.replace(t, lr_schedule="constant", lr_warmup=0)
+    assert {lr_at(const, s) for s in range(101)} == {1e-3}
+
+
+def test_the_logged_rate_is_the_scheduled_one_and_bad_schedules_are_refused(tmp_path):
+    config = load_config("digits", TINY + ["training.n_iters=20", "training.lr_schedule=linear", "training.lr_min=0",
+                                         "training.lr=1e-3", "training.lr_warmup=0"])
+    train(config, tmp_path, device="cpu", progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in rows if "loss" in r] == pytest.approx([1e-3 * k / 19 for k in (15, 10, 5, 0)])  # after steps 4, 9, 14, 19
+    for bad, key in (("training.lr_schedule=step", "lr_schedule"), ("training.lr_warmup=-1", "lr_warmup"),
+                     ("training.lr_min=1", "lr_min")):
+        with pytest.raises(ConfigError, match=key):
+            load_config("digits", TINY + ["training.n_iters=20", bad])
 
 
 def test_resume_reuses_the_recorded_precision_instead_of_deciding_again(tmp_path, monkeypatch, capsys):

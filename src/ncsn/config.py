@@ -18,6 +18,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from .data import DATASETS, FOLDER_CHANNELS, DataConfig
 from .errors import InputError
+from .lr_schedule import LR_SCHEDULES
 from .samplers import SamplerSettings
 from .samplers.settings import problems as sampler_problems
 from .score_model import ARCHITECTURES, ModelConfig
@@ -40,6 +41,9 @@ class TrainingConfig:
     weight_decay: float = 0.0
     anneal_power: float = 2.0
     grad_clip: float | None = None
+    lr_schedule: str = "constant"  # constant, cosine or linear decay to lr_min over the steps after the warm-up
+    lr_warmup: int = 0
+    lr_min: float = 0.0
     ema: bool = False
     ema_rate: float = 0.999
     seed: int = 1234
@@ -213,6 +217,10 @@ def validate(config: RunConfig) -> None:
                 "snapshot_every", "keep_last", "sample_every", "sample_n"):
         _check(getattr(t, key) >= 1, f"training.{key}", f"must be >= 1, got {getattr(t, key)}")
     _check(t.lr > 0, "training.lr", f"must be positive, got {t.lr}")
+    _check(t.lr_schedule in LR_SCHEDULES, "training.lr_schedule",
+           f"unknown {t.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
+    _check(t.lr_warmup >= 0, "training.lr_warmup", f"must be >= 0, got {t.lr_warmup}")
+    _check(0 <= t.lr_min <= t.lr, "training.lr_min", f"must lie in [0, lr], got {t.lr_min}")
     _check(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, "training.beta1", f"betas must lie in [0, 1), got {t.beta1}, {t.beta2}")
     _check(t.eps > 0, "training.eps", f"must be positive, got {t.eps}")
     _check(t.weight_decay >= 0, "training.weight_decay", f"must be >= 0, got {t.weight_decay}")

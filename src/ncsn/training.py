@@ -25,6 +25,7 @@ from .errors import NcsnError, storage_errors
 from .generate import generate
 from .images import save_grid
 from .losses import dsm_loss
+from .lr_schedule import set_lr
 from .resume import _config_on_disk, _resolve_config, _start
 from .runfolder import RunFolderError  # noqa: F401 (raised by the setup; importers catch it from here)
 from .runtime import RuntimeOptions, autocast, autotunes, cudnn_benchmark, prepare_model, resolve, settle_run
@@ -193,8 +194,7 @@ def _build(config: RunConfig, device, runtime: RuntimeOptions, state: dict | Non
         return model, optimizer, ema, 0
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    for group in optimizer.param_groups:  # a changed learning rate in the config takes effect on resume
-        group["lr"] = t.lr
+    set_lr(optimizer, t, state["step"])  # a changed learning rate in the config takes effect on resume
     if ema is not None and state["ema"] is not None:
         ema.module.load_state_dict(state["ema"])
         ema.n_averaged.fill_(state["ema_updates"])
@@ -282,6 +282,7 @@ def _loop(config: RunConfig, workdir: Path, info, runtime: RuntimeOptions, progr
             x = prepare_batch(train_images[batches.indices(step)], gen, config.data.random_flip, config.data.dequantize)
             labels = torch.randint(0, len(sigmas), (t.batch_size,), generator=gen, device=info.device)
             noise = torch.randn(x.shape, generator=gen, device=info.device)
+            set_lr(optimizer, t, step)
             loss = train_step(net, model, optimizer, x[local], labels[local], noise[local], sigmas, t, ema, runtime)
             loss_sum += loss
             nonfinite |= ~torch.isfinite(loss)

@@ -254,7 +254,8 @@ def demo_command(workdir, n, seed, device, overrides):
     config = load_config("digits", overrides)
     start = time.perf_counter()
     latest = latest_checkpoint(workdir)
-    if latest is None or int(latest.stem.split("_")[1]) < config.training.n_iters:
+    trains = latest is None or int(latest.stem.split("_")[1]) < config.training.n_iters
+    if trains:
         train(config, workdir, resume=latest is not None, device=device, runtime=current_runtime())
     train_seconds = time.perf_counter() - start
     dist_info = distributed.setup(device)
@@ -266,11 +267,14 @@ def demo_command(workdir, n, seed, device, overrides):
     report = {"train_seconds": train_seconds, "train_steps": config.training.n_iters,
               "train_images_per_s": float(np.median(speeds)) if speeds else None,
               "sample_seconds": summary["seconds"], "sampling": summary, **quality}
+    report["wall_seconds"] = time.perf_counter() - start  # training (if any), sampling and every figure
     write_json(workdir / "demo.json", report)
     rate = f" ({report['train_images_per_s']:.0f} images/s)" if speeds else ""
+    trained = (f"trained {config.training.n_iters} steps in {train_seconds:.0f}s{rate}" if trains else
+               f"reused the model trained to step {config.training.n_iters}")
     click.echo(
-        f"demo: trained {config.training.n_iters} steps in {train_seconds:.0f}s{rate}, sampled {n} digits in "
-        f"{summary['seconds']:.0f}s\n{format_report(quality)}\n"
+        f"demo: {trained}, sampled {n} digits in "
+        f"{summary['seconds']:.0f}s, {report['wall_seconds']:.0f}s in all\n{format_report(quality)}\n"
         f"grid: {workdir / 'samples_final' / 'grid.png'}  nearest neighbours: {quality['nn_png']}  "
         f"report: {workdir / 'demo.json'}"
     )
