@@ -12,7 +12,8 @@ end noise-free (ald/ode with the Tweedie step, pc on its mean, heun at sigma = 0
 
 Writes OUT.json (every run: settings, NFE actually spent, seconds, figures; the skipped ones; whether a sampler at
 <= 100 NFE matched ald at ~1,000 NFE by classifier FID), OUT.png (quality against NFE, log x, one line per sampler) and
-OUT.md (the table, also printed).
+OUT.md (the table, also printed). `--merge A.json B.json --out STEM` combines runs of the same model and seeds made
+in separate processes (say, the samplers split over two cores) into one result.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from ncsn.evaluation.reference import hwc_to_nchw
 from ncsn.evaluation.report import is_grey
 from ncsn.generate import generate
 from ncsn.samplers import SAMPLERS, check_fits, used_settings
-from ncsn.sigmas import SigmaOffLadderError
+from ncsn.sigmas import SigmaOffLadderError, ncsnv2_step_lr
 
 MIN_SAMPLES = 1000
 GOAL_NFE = 100
@@ -50,7 +51,8 @@ def ints(text: str) -> list[int]:
 
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", required=True, help="run folder of the trained model (its latest checkpoint)")
+    p.add_argument("--workdir", help="run folder of the trained model (its latest checkpoint)")
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="combine earlier OUT.json files of one model instead")
     p.add_argument("--out", required=True, help="output path stem: writes OUT.json, OUT.png and OUT.md")
     p.add_argument("--n", type=int, default=MIN_SAMPLES, help=f"samples per run (>= {MIN_SAMPLES})")
     p.add_argument("--seed", type=int, default=0, help="seed of every run (batch b uses (seed, b))")
@@ -58,14 +60,21 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="cpu, cuda ... [default: cuda if available]")
     p.add_argument("--samplers", default=",".join(SAMPLERS), help="which samplers to run")
     p.add_argument("--ald-steps", type=ints, default=ints("1,2,5,10,100"), help="ald: steps per level T")
+    p.add_argument("--ald-planned-eps", action="store_true",
+                   help="ald: the step size of NCSNv2's technique 4 for each T on the model's ladder (an 'ald planned "
+                        "eps' line) instead of the config's one step size for every T")
     p.add_argument("--pc-steps", type=ints, default=ints("10,20,50,100,250,500"),
                    help="pc: levels N (sigma-scaled models; a v1 model uses its ladder)")
     p.add_argument("--pc-corrector-steps", type=ints, default=None,
                    help="pc: corrector moves per level [default: 1; 0,1,2,4,9 on a v1 model's ladder]")
     p.add_argument("--heun-steps", type=ints, default=ints("5,10,18,35,50"), help="heun: steps N")
+    p.add_argument("--heun-churn", type=floats, default=floats("0"),
+                   help="heun: S_churn values (0 deterministic; > 0 a separate 'heun churn' line)")
     p.add_argument("--ode-tols", type=floats, default=floats("1e-1,1e-2,1e-3,1e-4,1e-5"), help="ode: rtol = atol")
     p.add_argument("--no-denoise", dest="denoise", action="store_false", help="do not end noise-free")
     args = p.parse_args(argv)
+    if (args.workdir is None) == (args.merge is None):
+        p.error("give either --workdir (to measure) or --merge (to combine results)")
     if args.n < MIN_SAMPLES:
         p.error(f"--n must be >= {MIN_SAMPLES} (classifier FID is biased at small N), got {args.n}")
     unknown = set(args.samplers.split(",")) - set(SAMPLERS)
@@ -82,7 +91,14 @@ def plan(args, model, sampling) -> tuple[list[tuple[str, object, object]], list[
     base = dataclasses.replace(sampling, init="auto", denoise=args.denoise)
     wanted = args.samplers.split(",")
     if "ald" in wanted:
-        runs += [("ald", t, dataclasses.replace(base, sampler="ald", n_steps_each=t)) for t in args.ald_steps]
+        if args.ald_planned_eps:
+            sig = model.sigmas.double()
+            ratio, sigma_l = float(sig[0] / sig[1]), float(sig[-1])
+            runs += [("ald planned eps", t, dataclasses.replace(base, sampler="ald", n_steps_each=t,
+                                                                step_lr=ncsnv2_step_lr(t, sigma_l, ratio)))
+                     for t in args.ald_steps]
+        else:
+            runs += [("ald", t, dataclasses.replace(base, sampler="ald", n_steps_each=t)) for t in args.ald_steps]
     if "pc" in wanted:
         if level_conditioned:
             steps = args.pc_corrector_steps if args.pc_corrector_steps is not None else [0, 1, 2, 4, 9]
@@ -103,14 +119,16 @@ def plan(args, model, sampling) -> tuple[list[tuple[str, object, object]], list[
     for name, budgets, key in (("heun", args.heun_steps, "n_steps"), ("ode", args.ode_tols, "rtol")):
         if name not in wanted:
             continue
-        settings = [(b, dataclasses.replace(base, sampler=name, **({key: b} if name == "heun" else
-                                                                       {"rtol": b, "atol": b}))) for b in budgets]
+        variants = [(name, {})] if name == "ode" else [
+            ("heun" if c == 0 else f"heun churn {c:g}", {"s_churn": c}) for c in args.heun_churn]
+        settings = [(label, b, dataclasses.replace(base, sampler=name, **extra, **(
+            {key: b} if name == "heun" else {"rtol": b, "atol": b}))) for label, extra in variants for b in budgets]
         try:
-            check_fits(model, settings[0][1], model.sigmas)
+            check_fits(model, settings[0][2], model.sigmas)
         except SigmaOffLadderError as err:
             skipped.append({"sampler": name, "budgets": list(budgets), "reason": str(err)})
             continue
-        runs += [(name, b, s) for b, s in settings]
+        runs += settings
     return runs, skipped
 
 
@@ -135,8 +153,9 @@ def goal(rows: list[dict]) -> dict:
     """Did a sampler at <= GOAL_NFE evaluations match or beat ald at ~REFERENCE_NFE (the paper's T = 100 on 10
     levels) by classifier FID? The reference is the ald run nearest REFERENCE_NFE among those with at least half of
     it (T = 59 on a 17-level ladder is 1,004), or none."""
-    candidates = [r for r in rows if r["sampler"] == "ald" and r["nfe"] >= REFERENCE_NFE / 2]
-    reference = min(candidates, key=lambda r: (abs(r["nfe"] - REFERENCE_NFE), -r["nfe"]), default=None)
+    candidates = [r for r in rows if r["sampler"].startswith("ald") and r["nfe"] >= REFERENCE_NFE / 2]
+    # nearest the budget; between step-size rules at that budget, the better one (the fairer reference)
+    reference = min(candidates, key=lambda r: (abs(r["nfe"] - REFERENCE_NFE), -r["nfe"], r["cfid"]), default=None)
     cheap = [r for r in rows if r["nfe"] <= GOAL_NFE]
     best = min(cheap, key=lambda r: r["cfid"], default=None)
     return {"reference": reference and {k: reference[k] for k in ("sampler", "budget", "nfe", "cfid")},
@@ -172,6 +191,9 @@ def plot(rows: list[dict], real: dict | None, path: Path, title: str) -> None:
             ax.axhline(real[f"{key}_test"], color="grey", linestyle="--", label="real test split")
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(ScalarFormatter())
+        if key == "cfid":  # FIDs span two decades; the good end must stay readable
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(ScalarFormatter())
         ax.set_xlabel("network evaluations per sample (NFE)")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
@@ -184,6 +206,8 @@ def plot(rows: list[dict], real: dict | None, path: Path, title: str) -> None:
 
 def main(argv=None) -> dict:
     args = parse(argv)
+    if args.merge:
+        return write_outputs(merge(args.merge), Path(args.out))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, config, info = load_score_model(args.workdir, device=device)
     if not is_grey(config.data.dataset):
@@ -198,14 +222,37 @@ def main(argv=None) -> dict:
         rows.append({"sampler": name, "budget": budget, **found, "settings": used_settings(settings)})
         print(f"{name} {budget}: NFE {found['nfe']:g}, {found['seconds']:.1f}s, classifier FID {found['cfid']:.2f}, "
               f"score {found['cscore']:.2f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     result = {"benchmark": "quality_per_nfe", "workdir": str(args.workdir), "weights": info["weights"],
               "step": info.get("step"), "dataset": config.data.dataset, "level_conditioned": model.level_conditioned,
               "n": args.n, "seed": args.seed, "denoise": args.denoise, "machine": machine(device), "real": real,
               "runs": rows, "skipped": skipped, "goal": goal(rows)}
+    return write_outputs(result, Path(args.out))
+
+
+SAME_MODEL_KEYS = ("workdir", "weights", "step", "dataset", "n", "seed", "denoise")
+
+
+def merge(paths: list[str]) -> dict:
+    """One result from several runs of this script on the same model and seeds (e.g. samplers split over processes)."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    for key in SAME_MODEL_KEYS:
+        values = {json.dumps(part.get(key)) for part in parts}
+        if len(values) > 1:
+            raise SystemExit(f"--merge: the results differ in {key!r} ({', '.join(sorted(values))}); "
+                             "they must come from the same model, sample count and seed")
+    rows = [row for part in parts for row in part["runs"]]
+    result = {**parts[0], "runs": rows, "skipped": [s for part in parts for s in part["skipped"]], "goal": goal(rows),
+              "merged_from": [str(p) for p in paths]}
+    result["real"] = next((part["real"] for part in parts if part.get("real")), None)
+    return result
+
+
+def write_outputs(result: dict, out: Path) -> dict:
+    """OUT.json, OUT.png and OUT.md of a result, with the table and the goal's verdict printed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows, real = result["runs"], result["real"]
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    plot(rows, real, out.with_suffix(".png"), f"{config.data.dataset}, {args.n} samples, step {info.get('step')}")
+    plot(rows, real, out.with_suffix(".png"), f"{result['dataset']}, {result['n']} samples, step {result['step']}")
     text = table(rows, real)
     out.with_suffix(".md").write_text(text + "\n")
     print(text)

@@ -83,9 +83,13 @@ def test_quality_per_nfe_runs_heun_and_ode_on_a_sigma_scaled_model(bench, tmp_pa
     train_tiny(workdir, [*TINY, f"model.arch={unconditional_arch}"])
     out = tmp_path / "v2"
     result = bench(["--workdir", str(workdir), "--out", str(out), "--device", "cpu", "--batch-size", "1000",
-                    "--samplers", "pc,heun,ode", "--pc-steps", "3", "--heun-steps", "2,3", "--ode-tols", "0.1"])
+                    "--samplers", "pc,heun,ode", "--pc-steps", "3", "--heun-steps", "2,3", "--ode-tols", "0.1",
+                    "--heun-churn", "0,40"])
     nfe = {(r["sampler"], r["budget"]): r["nfe"] for r in result["runs"]}
     assert nfe[("pc", "N=3,c=1")] == 6 and nfe[("heun", 2)] == 3 and nfe[("heun", 3)] == 5
+    churned = [r for r in result["runs"] if r["sampler"] == "heun churn 40"]
+    assert [(r["budget"], r["nfe"], r["settings"]["s_churn"]) for r in churned] == [(2, 3, 40.0), (3, 5, 40.0)]
+    assert {r["settings"]["s_churn"] for r in result["runs"] if r["sampler"] == "heun"} == {0.0}
     assert nfe[("ode", 0.1)] >= 8 and result["skipped"] == []
     assert result["goal"]["best_at_most_100_nfe"]["nfe"] <= 100
 
@@ -181,3 +185,28 @@ def test_goal_compares_with_the_ald_run_nearest_the_papers_thousand_evaluations(
     assert g["reference"]["budget"] == 59 and g["best_at_most_100_nfe"]["sampler"] == "heun" and g["reached"]
     assert not quality_per_nfe.goal([*rows[:2], row("heun", 18, 35, 5.1)])["reached"]
     assert quality_per_nfe.goal([rows[0], rows[3]])["reference"] is None  # 171 NFE is not the paper's budget
+
+
+def test_merge_combines_split_runs_of_one_model_and_refuses_different_models(bench, tmp_path):
+    import quality_per_nfe
+
+    base = {"benchmark": "quality_per_nfe", "workdir": "runs/x", "weights": "ema", "step": 6, "dataset": "digits",
+            "level_conditioned": False, "n": 1000, "seed": 0, "denoise": True, "real": {"cfid_test": 3.5, "cscore_test": 9.6}}
+    ald = [{"sampler": "ald", "budget": 59, "nfe": 1004, "cfid": 5.0, "cscore": 9.4, "seconds": 9.0, "settings": {}}]
+    heun = [{"sampler": "heun", "budget": 18, "nfe": 35, "cfid": 4.9, "cscore": 9.5, "seconds": 1.0, "settings": {}}]
+    skipped = [{"sampler": "ode", "budgets": [0.1], "reason": "r"}]
+    paths = []
+    for name, runs, skip in (("a", ald, []), ("b", heun, skipped)):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps({**base, "runs": runs, "skipped": skip, "goal": quality_per_nfe.goal(runs)}))
+    out = tmp_path / "merged"
+    result = quality_per_nfe.main(["--merge", *map(str, paths), "--out", str(out)])
+    assert [r["sampler"] for r in result["runs"]] == ["ald", "heun"] and result["skipped"] == skipped
+    assert result["goal"]["reached"] and result["goal"]["reference"]["budget"] == 59  # neither part could say so alone
+    assert json.loads(out.with_suffix(".json").read_text())["merged_from"] == [str(p) for p in paths]
+    assert out.with_suffix(".png").is_file() and out.with_suffix(".md").read_text().count("\n") == 2 + 2 + 1
+    paths[1].write_text(json.dumps({**base, "step": 7, "runs": heun, "skipped": [], "goal": {}}))
+    with pytest.raises(SystemExit, match="differ in 'step'"):
+        quality_per_nfe.main(["--merge", *map(str, paths), "--out", str(out)])
+    with pytest.raises(SystemExit):
+        quality_per_nfe.main(["--out", str(out)])  # neither --workdir nor --merge
