@@ -91,14 +91,12 @@ def plan(args, model, sampling) -> tuple[list[tuple[str, object, object]], list[
     base = dataclasses.replace(sampling, init="auto", denoise=args.denoise)
     wanted = args.samplers.split(",")
     if "ald" in wanted:
-        if args.ald_planned_eps:
-            sig = model.sigmas.double()
-            ratio, sigma_l = float(sig[0] / sig[1]), float(sig[-1])
-            runs += [("ald planned eps", t, dataclasses.replace(base, sampler="ald", n_steps_each=t,
-                                                                step_lr=ncsnv2_step_lr(t, sigma_l, ratio)))
-                     for t in args.ald_steps]
-        else:
-            runs += [("ald", t, dataclasses.replace(base, sampler="ald", n_steps_each=t)) for t in args.ald_steps]
+        sig = model.sigmas.double()
+        ratio, sigma_l = float(sig[0] / sig[1]), float(sig[-1])
+        label = "ald planned eps" if args.ald_planned_eps else "ald"
+        for t in args.ald_steps:
+            step = {"step_lr": ncsnv2_step_lr(t, sigma_l, ratio)} if args.ald_planned_eps else {}
+            runs.append((label, t, dataclasses.replace(base, sampler="ald", n_steps_each=t, **step)))
     if "pc" in wanted:
         if level_conditioned:
             steps = args.pc_corrector_steps if args.pc_corrector_steps is not None else [0, 1, 2, 4, 9]

@@ -73,15 +73,6 @@ def any_true(flag: torch.Tensor) -> bool:
     return bool(flag.item())
 
 
-def from_main(value):
-    """The main process's ``value`` on every rank (``value`` itself in one process); it must pickle."""
-    if not dist.is_initialized():
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def shard(count: int, rank: int, world: int) -> slice:
     """Contiguous slice of ``count`` items for ``rank``; count must divide evenly."""
     if count % world:

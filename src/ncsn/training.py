@@ -194,7 +194,6 @@ def _build(config: RunConfig, device, runtime: RuntimeOptions, state: dict | Non
         return model, optimizer, ema, 0
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    set_lr(optimizer, t, state["step"])  # a changed learning rate in the config takes effect on resume
     if ema is not None and state["ema"] is not None:
         ema.module.load_state_dict(state["ema"])
         ema.n_averaged.fill_(state["ema_updates"])
@@ -237,7 +236,7 @@ def train(
         if info.is_main:
             _start(workdir, config, state, changed)
             runtime = settle_run(runtime, workdir, state is not None, model, info.device, shape)
-        runtime = distributed.from_main(runtime)
+        runtime = distributed.broadcast_from_main(runtime)
         started, state = True, None
         with cudnn_benchmark(autotunes(info.device)):  # cuDNN's autotuner for the training steps only
             result = _loop(config, workdir, info, runtime, progress, (model, optimizer, ema), start,
@@ -282,7 +281,7 @@ def _loop(config: RunConfig, workdir: Path, info, runtime: RuntimeOptions, progr
             x = prepare_batch(train_images[batches.indices(step)], gen, config.data.random_flip, config.data.dequantize)
             labels = torch.randint(0, len(sigmas), (t.batch_size,), generator=gen, device=info.device)
             noise = torch.randn(x.shape, generator=gen, device=info.device)
-            set_lr(optimizer, t, step)
+            set_lr(optimizer, t, step)  # from the config, so a resume with a changed rate takes it at once
             loss = train_step(net, model, optimizer, x[local], labels[local], noise[local], sigmas, t, ema, runtime)
             loss_sum += loss
             nonfinite |= ~torch.isfinite(loss)

@@ -44,13 +44,13 @@ def neighbour_report(samples: torch.Tensor, train: torch.Tensor, test: torch.Ten
     training set than real unseen images are would mean memorisation. (A median over 64 images moves by several
     per cent between sampler seeds; over 1,000 it settles.)
     """
-    shown = samples[:n]
-    dist, idx = nearest_neighbours(shown, train, k)
-    stat_dist = nearest_neighbours(samples[:n_stats], train, 1)[0] if len(samples) > len(shown) else dist
+    dist, idx = nearest_neighbours(samples[: max(n, n_stats)], train, k)  # one search serves figure and statistics
+    shown, stat_dist = samples[:n], dist[:n_stats, 0]
+    dist, idx = dist[:n], idx[:n]
     real_dist, _ = nearest_neighbours(test[:n_stats], train, 1)
     rows = torch.cat([shown.unsqueeze(1), train[idx]], dim=1).flatten(0, 1)
     save_grid(png, rows.float() / 255.0, nrow=k + 1)
-    mine, real = distance_summary(stat_dist[:, 0]), distance_summary(real_dist[:, 0])
+    mine, real = distance_summary(stat_dist), distance_summary(real_dist[:, 0])
     return {
         "k": k, "n_samples": len(stat_dist), "n_real": len(real_dist), "n_shown": len(shown), "png": str(png),
         "samples_nearest": mine, "real_test_nearest": real,
