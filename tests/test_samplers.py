@@ -112,6 +112,29 @@ def test_reverse_diffusion_on_a_gaussian_has_the_variance_of_its_recursion():
     assert var == pytest.approx(S**2, rel=0.05)
 
 
+@pytest.mark.parametrize("s_noise", [1.0, 1.3])
+def test_ald_noise_scale_follows_the_variance_recursion_of_its_temperature(s_noise):
+    """For N(mu, s^2) a Langevin step is linear: x - mu -> (1 - a/v)(x - mu) + sqrt(2a) s_noise z with v = s^2 +
+    sigma^2, so the variance follows w -> (1 - a/v)^2 w + 2 a s_noise^2 exactly, whose fixed point s_noise^2 v /
+    (1 - a/(2v)) is the level's spread widened by s_noise (temperature s_noise^2)."""
+    sigmas, eps, steps = geometric_sigmas(0.5, 0.1, 3), 2e-3, 20
+    x0 = MU + 0.1 * torch.randn(40_000, 1, 1, 1, generator=gen(2))
+    out = annealed_langevin(gaussian_score(MU, S, sigmas), x0, sigmas, steps, eps, generator=gen(3), s_noise=s_noise)
+    var = 0.01
+    for sigma, a in zip(sigmas.tolist(), step_sizes(sigmas, eps)):
+        for _ in range(steps):
+            var = (1 - a / (S**2 + sigma**2)) ** 2 * var + 2 * a * s_noise**2
+    assert out.var().item() == pytest.approx(var, rel=0.03)
+    assert out.mean().item() == pytest.approx(MU, abs=0.005)
+    long = annealed_langevin(gaussian_score(MU, S, sigmas), x0, sigmas[-1:], 2000, eps, generator=gen(4),
+                             s_noise=s_noise)
+    v = S**2 + float(sigmas[-1]) ** 2
+    assert long.var().item() == pytest.approx(s_noise**2 * v / (1 - eps / (2 * v)), rel=0.03)
+    if s_noise == 1.0:  # the default is the paper's sampler, draw for draw
+        assert torch.equal(out, annealed_langevin(gaussian_score(MU, S, sigmas), x0, sigmas, steps, eps,
+                                                  generator=gen(3)))
+
+
 def test_langevin_corrector_step_uses_the_per_example_snr_ratio():
     score = gaussian_score(MU, S, SIGMAS)
     sigmas, snr = torch.tensor([0.5]), 0.16
@@ -271,6 +294,7 @@ def test_karras_schedule_endpoints_spacing_and_final_zero():
     (lambda: heun_sampler(lambda x, s: x, torch.zeros(1, 1, 2, 2), torch.tensor([1.0, 0.0, 0.0])), "the last may be 0"),
     (lambda: heun_sampler(lambda x, s: x, torch.zeros(1, 1, 2, 2), karras_sigmas(1.0, 0.1, 3), s_noise=0.0),
      "s_noise must be positive"),
+    (lambda: annealed_langevin(lambda x, s: x, torch.zeros(1, 1, 2, 2), SIGMAS, s_noise=-1.0), "s_noise must be positive"),
 ])
 def test_bad_sampler_input_is_one_clear_line(call, message):
     with pytest.raises(ValueError, match=message) as err:

@@ -47,7 +47,8 @@ def sampler_options(func):
         _option("--s-churn", "s_churn", NON_NEGATIVE, "heun churn (0 = deterministic)"),
         _option("--s-min", "s_min", NON_NEGATIVE, "heun: churn only for sigma >= s_min"),
         _option("--s-max", "s_max", NON_NEGATIVE, "heun: churn only for sigma <= s_max (null = no bound)"),
-        _option("--s-noise", "s_noise", POSITIVE, "heun churn noise scale"),
+        _option("--s-noise", "s_noise", POSITIVE,
+                "noise scale: of ald's Langevin noise (temperature s_noise^2) and of heun's churn noise"),
         _option("--init", "init", click.Choice(INITS),
                 "Chain start: uniform [0, 1] or the prior N(0, sigma_max^2); auto = uniform for ald, prior otherwise"),
     ]

@@ -51,6 +51,7 @@ def annealed_langevin(
     callback: Callable[[int, int, torch.Tensor], None] | None = None,
     constraint: Callable[[torch.Tensor, int, int], None] | None = None,
     info: dict | None = None,
+    s_noise: float = 1.0,
 ) -> torch.Tensor:
     """Run Langevin at each level from the largest sigma down and return the final x (float32, unclamped).
 
@@ -58,12 +59,16 @@ def annealed_langevin(
     step, x)`` sees every step (keep frames there; nothing is hoarded here). ``constraint(x, level, step)`` may edit
     x in place before each level (step = -1) and after every step; inpainting uses it to hold known pixels.
     ``denoise`` adds the final Tweedie step x + sigma_L^2 * s(x, L). ``info``, if given, receives ``nfe``
-    (L * n_steps_each, plus 1 with ``denoise``).
+    (L * n_steps_each, plus 1 with ``denoise``). ``s_noise`` scales every step's noise: above 1 it samples each
+    level at temperature s_noise^2 (the stationary spread grows by s_noise), as EDM's S_noise offsets a learned score
+    that pulls too hard toward the training images; 1 is the paper's sampler.
     """
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
     if n_steps_each < 1 or step_lr <= 0:
         raise ValueError(f"need n_steps_each >= 1 and step_lr > 0, got {n_steps_each} and {step_lr}")
+    if not s_noise > 0:
+        raise ValueError(f"s_noise must be positive, got {s_noise}")
     check_schedule(sigmas, "annealed_langevin sigmas")
     score_fn = Counted(score_fn)
     x = x.detach().to(torch.float32).clone()
@@ -76,7 +81,8 @@ def annealed_langevin(
             constraint(x, level, -1)
         for step in range(n_steps_each):
             # a bf16 score is added into the float32 chain without a float32 copy; the arithmetic is float32
-            langevin_update(x, score_fn(x, sigma), randn(x.shape, generator, out=noise), alpha, convention)
+            z = randn(x.shape, generator, out=noise)
+            langevin_update(x, score_fn(x, sigma), z if s_noise == 1.0 else z.mul_(s_noise), alpha, convention)
             if constraint is not None:
                 constraint(x, level, step)
             if callback is not None:

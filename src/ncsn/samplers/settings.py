@@ -29,7 +29,7 @@ INITS = ("auto", "uniform", "prior")
 HEUN_DEFAULT_STEPS = 18
 ODE_FRAMES = 10
 USED = {  # the settings each sampler reads (recorded in JSON outputs)
-    "ald": ("n_steps_each", "step_lr", "denoise", "convention", "init"),
+    "ald": ("n_steps_each", "step_lr", "denoise", "convention", "s_noise", "init"),
     "pc": ("n_steps", "predictor", "corrector", "corrector_steps", "snr", "denoise", "init"),
     "ode": ("rtol", "atol", "ode_method", "denoise", "init"),
     "heun": ("n_steps", "rho", "s_churn", "s_min", "s_max", "s_noise", "init"),
@@ -189,7 +189,7 @@ def run_sampler(
     found: dict = {}
     if s.sampler == "ald":
         x = annealed_langevin(score_fn, x, sigmas, s.n_steps_each, s.step_lr, s.denoise, s.convention, generator,
-                              step_callback, constraint, found)
+                              step_callback, constraint, found, s.s_noise)
     elif s.sampler == "pc":
         x = pc_sampler(score_fn, x, sigmas, s.predictor, s.corrector, s.corrector_steps, s.snr, s.denoise,
                        generator, step_callback, constraint, found)
