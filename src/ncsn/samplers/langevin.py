@@ -25,8 +25,8 @@ def step_sizes(sigmas: torch.Tensor, step_lr: float) -> list[float]:
 
 
 def langevin_update(x: torch.Tensor, score: torch.Tensor, noise: torch.Tensor | None, alpha: float,
-                    convention: str = "code") -> torch.Tensor:
-    """One Langevin move in place: x += drift * score + scale * noise, computed in x's dtype (float32).
+                    convention: str = "code", noise_scale: float = 1.0) -> torch.Tensor:
+    """One Langevin move in place: x += drift * score + noise_scale * scale * noise, computed in x's dtype (float32).
 
     ``noise=None`` makes the noise-free mean x + drift * score (the last step of a sampler that ends on its mean).
     """
@@ -35,7 +35,7 @@ def langevin_update(x: torch.Tensor, score: torch.Tensor, noise: torch.Tensor | 
     else:
         drift, scale = alpha / 2.0, math.sqrt(alpha)
     x.add_(score, alpha=drift)
-    return x if noise is None else x.add_(noise, alpha=scale)
+    return x if noise is None else x.add_(noise, alpha=scale * noise_scale)
 
 
 @torch.no_grad()
@@ -81,8 +81,7 @@ def annealed_langevin(
             constraint(x, level, -1)
         for step in range(n_steps_each):
             # a bf16 score is added into the float32 chain without a float32 copy; the arithmetic is float32
-            z = randn(x.shape, generator, out=noise)
-            langevin_update(x, score_fn(x, sigma), z if s_noise == 1.0 else z.mul_(s_noise), alpha, convention)
+            langevin_update(x, score_fn(x, sigma), randn(x.shape, generator, out=noise), alpha, convention, s_noise)
             if constraint is not None:
                 constraint(x, level, step)
             if callback is not None:
