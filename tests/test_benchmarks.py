@@ -7,12 +7,14 @@ import pathlib
 import pytest
 from PIL import Image
 
+from ncsn.config import load_config
 from ncsn.data import DataConfig
 from ncsn.evaluation import get_classifier
 
 from .conftest import train_tiny
 
 BENCHMARKS = pathlib.Path(__file__).parent.parent / "benchmarks"
+LEVELS = load_config("digits").model.num_scales  # the preset's ladder
 TINY = ["model.ngf=4", "training.n_iters=2", "training.batch_size=16", "training.checkpoint_every=2",
         "training.sample_every=100", "training.log_every=2", "training.eval_every=2"]
 
@@ -50,7 +52,7 @@ def test_recipes_side_by_side_trains_both_for_the_budget_and_scores_them_alike(r
         r = rows[name]
         model, config, info = recipes.load_score_model(tmp_path / "runs" / name)
         assert info["step"] == r["train"]["steps"] >= 2 and r["train"]["seconds"] >= r["train"]["calibration_seconds"]
-        assert r["nfe"] == 11 and r["cfid"] > 0 and 1 <= r["cscore"] <= 10  # T = 1 on 10 levels, plus denoising
+        assert r["nfe"] == LEVELS + 1 and r["cfid"] > 0 and 1 <= r["cscore"] <= 10  # T = 1 per level, plus denoising
         v1_sigmas = recipes.load_score_model(tmp_path / "runs" / "v1")[0].sigmas
         test = recipes.load_split(config.data, "test").images
         direct = recipes.heldout_dsm_loss(model, test, v1_sigmas, 2.0, seed=0, dequantize=False)
@@ -70,7 +72,7 @@ def test_quality_per_nfe_on_a_v1_model_skips_what_it_cannot_run(bench, tmp_path)
                     "--ode-tols", "0.1"])
     assert json.loads(out.with_suffix(".json").read_text()) == json.loads(json.dumps(result))
     assert [(r["sampler"], r["budget"], r["nfe"]) for r in result["runs"]] == [
-        ("ald", 1, 11), ("pc", "N=10,c=0", 10)]  # digits: 10 levels; ald's final denoising is one more
+        ("ald", 1, LEVELS + 1), ("pc", f"N={LEVELS},c=0", LEVELS)]  # ald's final denoising is one more
     assert {s["sampler"] for s in result["skipped"]} == {"pc", "heun", "ode"}
     assert all(r["cfid"] > 0 and 1 <= r["cscore"] <= 10 and r["seconds"] > 0 for r in result["runs"])
     assert result["n"] == 1000 and result["goal"]["reference"] is None and not result["goal"]["reached"]

@@ -16,7 +16,7 @@ from .conftest import run, train_tiny
 
 TINY = ["model.ngf=4", "training.n_iters=4", "training.batch_size=16", "training.checkpoint_every=4",
         "training.sample_every=4", "training.sample_n=4", "sampling.n_steps_each=2", "sampling.batch_size=8",
-        "training.log_every=2", "training.eval_every=4"]
+        "training.log_every=2", "training.eval_every=4", "model.num_scales=10"]  # the figures below count 10 levels
 
 
 @pytest.fixture(scope="module")

@@ -27,3 +27,8 @@ def test_format_report_puts_model_beside_baselines_and_real_digits():
     assert "FID at N=297" in lines[0] and lines[1].split()[:2] == ["samples", "5.00"]
     assert "Gaussian mixture, 10 components" in lines[2] and "22.00" in lines[2] and "real held-out digits" in lines[4]
     assert "median / 10th percentile: samples 1.100 / 0.800, real held-out 1.000 / 0.700" in text
+    assert "Mann-Whitney" not in text  # no test figures, no test line
+    report["samples"].update(nn_p_closer=0.97, nn_prob_farther=0.56)
+    report["real_test"]["nn_median_interval"] = [0.98, 1.03]
+    assert "interval 0.980-1.030; P(sample farther than a real digit) 0.560 (0.5 = alike); one-sided Mann-Whitney " \
+           "p(samples closer) 0.97" in format_report(report)

@@ -8,6 +8,7 @@ import torch
 from click.testing import CliRunner
 
 from ncsn.cli import main
+from ncsn.config import load_config
 from ncsn.data import DataConfig, load_split
 from ncsn.evaluation import (
     classifier_score,
@@ -18,6 +19,7 @@ from ncsn.evaluation import (
     heldout_dsm_loss,
     nearest_neighbours,
     neighbour_report,
+    closeness_test,
     parse_metrics,
     pick_best,
     write_sweep,
@@ -147,7 +149,8 @@ def test_eval_reports_classifier_metrics_loss_and_neighbours(trained, tmp_path):
     assert m["cfid"]["samples"] > m["cfid"]["real_test"] >= 0 and m["cfid"]["n_test"] == 297
     assert 1 - EXP_KL_SLACK <= m["cscore"]["samples"] <= 10 + EXP_KL_SLACK and m["cscore"]["real_test"] > 5
     assert 0 < m["classifier"]["test_accuracy"] <= 1
-    assert len(m["loss"]["per_level"]) == 10 and m["loss"]["n_images"] == 40
+    levels = load_config("digits").model.num_scales  # the preset's ladder
+    assert len(m["loss"]["per_level"]) == levels and m["loss"]["n_images"] == 40
     assert all(math.isfinite(v) for v in m["loss"]["per_level"])
     assert m["nn"]["k"] == 5 and len(m["nn"]["nearest_distances"]) == 16 and (tmp_path / "eval" / "nn.png").is_file()
     assert {"sampling", "cfid", "cscore", "loss", "nn"} <= set(report["seconds"])
@@ -251,3 +254,19 @@ def test_files_given_as_samples_that_are_not_samples_are_one_line_naming_them(tr
         assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
         line = result.output.strip()
         assert line.startswith(f"Error: {tmp_path / name}: ") and "\n" not in line, line
+
+
+def test_closeness_test_matches_a_direct_pair_count_and_detects_a_shift():
+    rng = np.random.default_rng(0)
+    real = rng.normal(1.0, 0.2, 297)
+    same = rng.normal(1.0, 0.2, 1000)
+    closer = same - 0.1  # half a standard deviation nearer the training set
+    for s in (same, closer):
+        rep = closeness_test(s, real)
+        direct = ((s[:, None] > real[None, :]).sum() + 0.5 * (s[:, None] == real[None, :]).sum()) / (len(s) * len(real))
+        assert rep["prob_sample_farther"] == pytest.approx(direct, abs=1e-12)
+    assert closeness_test(same, real)["p_samples_closer"] > 0.05
+    assert closeness_test(closer, real)["p_samples_closer"] < 1e-8
+    lo, hi = closeness_test(same, real)["real_median_interval"]
+    assert lo < np.median(real) < hi and hi - lo < 0.1
+    assert closeness_test(same, real) == closeness_test(same, real)  # the bootstrap is seeded

@@ -135,6 +135,27 @@ def test_ald_noise_scale_follows_the_variance_recursion_of_its_temperature(s_noi
                                                   generator=gen(3)))
 
 
+def test_ald_noise_scale_applies_only_inside_its_sigma_range():
+    """With s_min/s_max the temperature is raised only at the levels inside [s_min, s_max]: the variance follows the
+    recursion with s_noise there and 1 elsewhere, and a range holding every level is the unbounded sampler."""
+    sigmas, eps, steps, s_noise = geometric_sigmas(0.5, 0.1, 3), 2e-3, 20, 1.3  # levels 0.5, 0.224, 0.1
+    x0 = MU + 0.1 * torch.randn(40_000, 1, 1, 1, generator=gen(2))
+    score = gaussian_score(MU, S, sigmas)
+    out = annealed_langevin(score, x0, sigmas, steps, eps, generator=gen(3), s_noise=s_noise, s_max=0.3)
+    var = 0.01
+    for sigma, a in zip(sigmas.tolist(), step_sizes(sigmas, eps)):
+        for _ in range(steps):
+            var = (1 - a / (S**2 + sigma**2)) ** 2 * var + 2 * a * (s_noise**2 if sigma <= 0.3 else 1.0)
+    assert out.var().item() == pytest.approx(var, rel=0.03)
+    top_only = annealed_langevin(score, x0, sigmas, steps, eps, generator=gen(3), s_noise=s_noise, s_min=0.3)
+    assert top_only.var().item() < out.var().item()  # the hot top level is forgotten by the cool ones below
+    assert torch.equal(annealed_langevin(score, x0, sigmas, steps, eps, generator=gen(3), s_noise=s_noise),
+                       annealed_langevin(score, x0, sigmas, steps, eps, generator=gen(3), s_noise=s_noise,
+                                         s_min=0.1, s_max=0.5))
+    with pytest.raises(ValueError, match="s_min <= s_max"):
+        annealed_langevin(score, x0, sigmas, steps, eps, s_noise=s_noise, s_min=0.4, s_max=0.2)
+
+
 def test_langevin_corrector_step_uses_the_per_example_snr_ratio():
     score = gaussian_score(MU, S, SIGMAS)
     sigmas, snr = torch.tensor([0.5]), 0.16

@@ -39,6 +39,8 @@ def _figures(samples: torch.Tensor, data: DataConfig, out_dir: Path | None) -> d
         row["nn_median"] = m["nn"]["samples_nearest"]["median"]
         row["nn_min"] = m["nn"]["samples_nearest"]["min"]
         row["nn_p10"] = m["nn"]["samples_nearest"]["p10"]
+        row["nn_p_closer"] = m["nn"]["closeness"]["p_samples_closer"]
+        row["nn_prob_farther"] = m["nn"]["closeness"]["prob_sample_farther"]
     return row, m
 
 
@@ -50,6 +52,7 @@ def demo_report(samples: np.ndarray, data: DataConfig, out_dir: str | Path, seed
     real = {"cfid_at_test_n": m["cfid"]["real_test"], "cscore": m["cscore"]["real_test"], "n": m["cfid"]["n_test"],
             "nn_median": m["nn"]["real_test_nearest"]["median"], "nn_min": m["nn"]["real_test_nearest"]["min"],
             "nn_p10": m["nn"]["real_test_nearest"]["p10"],
+            "nn_median_interval": m["nn"]["closeness"]["real_median_interval"],
             "classifier_test_accuracy": m["classifier"]["test_accuracy"]}
     train = load_split(data, "train").images
     baselines = {f"gmm_{k}": _figures(gmm_samples(train, len(images), k, seed), data, None)[0] for k in GMM_COMPONENTS}
@@ -78,5 +81,10 @@ def format_report(report: dict) -> str:
     lines.append(f"nearest training image, L2 median / 10th percentile: samples {s['nn_median']:.3f} / "
                  f"{s.get('nn_p10', float('nan')):.3f}, real held-out {r['nn_median']:.3f} / {r.get('nn_p10', float('nan')):.3f} "
                  f"(copies of training images would pull the samples' low tail well below the real one)")
+    if "nn_p_closer" in s:
+        lo, hi = r["nn_median_interval"]
+        lines.append(f"  real median 95 % interval {lo:.3f}-{hi:.3f}; P(sample farther than a real digit) "
+                     f"{s['nn_prob_farther']:.3f} (0.5 = alike); one-sided Mann-Whitney p(samples closer) "
+                     f"{s['nn_p_closer']:.3g}")
     lines.append("class shares 0-9: " + " ".join(f"{v:.3f}" for v in report["class_shares"]))
     return "\n".join(lines)

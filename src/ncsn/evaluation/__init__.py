@@ -6,7 +6,7 @@ from .digits import digits_quality
 from .fidelity import InceptionWeightsError, inception_features, resolve_inception_weights
 from .heldout import heldout_dsm_loss
 from .metrics import classifier_score, feature_statistics, fid_of_features, frechet_distance, kernel_distance
-from .neighbours import nearest_neighbours, neighbour_report
+from .neighbours import closeness_test, nearest_neighbours, neighbour_report
 from .report import METRICS, default_metrics, evaluate_samples, parse_metrics, sweep_metric
 from .sweep import pick_best, write_sweep
 
@@ -16,6 +16,7 @@ __all__ = [
     "SmallClassifier",
     "classifier_outputs",
     "classifier_score",
+    "closeness_test",
     "default_metrics",
     "digits_quality",
     "evaluate_samples",

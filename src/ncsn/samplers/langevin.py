@@ -52,6 +52,8 @@ def annealed_langevin(
     constraint: Callable[[torch.Tensor, int, int], None] | None = None,
     info: dict | None = None,
     s_noise: float = 1.0,
+    s_min: float = 0.0,
+    s_max: float = float("inf"),
 ) -> torch.Tensor:
     """Run Langevin at each level from the largest sigma down and return the final x (float32, unclamped).
 
@@ -61,7 +63,8 @@ def annealed_langevin(
     ``denoise`` adds the final Tweedie step x + sigma_L^2 * s(x, L). ``info``, if given, receives ``nfe``
     (L * n_steps_each, plus 1 with ``denoise``). ``s_noise`` scales every step's noise: above 1 it samples each
     level at temperature s_noise^2 (the stationary spread grows by s_noise), as EDM's S_noise offsets a learned score
-    that pulls too hard toward the training images; 1 is the paper's sampler.
+    that pulls too hard toward the training images; 1 is the paper's sampler. Like EDM's S_tmin/S_tmax, ``s_min`` and
+    ``s_max`` confine it to the levels with s_min <= sigma_i <= s_max; the others run at 1.
     """
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
@@ -69,6 +72,8 @@ def annealed_langevin(
         raise ValueError(f"need n_steps_each >= 1 and step_lr > 0, got {n_steps_each} and {step_lr}")
     if not s_noise > 0:
         raise ValueError(f"s_noise must be positive, got {s_noise}")
+    if not 0 <= s_min <= s_max:
+        raise ValueError(f"need 0 <= s_min <= s_max, got {s_min} and {s_max}")
     check_schedule(sigmas, "annealed_langevin sigmas")
     score_fn = Counted(score_fn)
     x = x.detach().to(torch.float32).clone()
@@ -77,11 +82,12 @@ def annealed_langevin(
     levels = sigmas.detach().float().cpu()
     for level, alpha in enumerate(step_sizes(sigmas, step_lr)):
         sigma.fill_(levels[level])
+        scale = s_noise if s_min <= float(levels[level]) <= s_max else 1.0
         if constraint is not None:
             constraint(x, level, -1)
         for step in range(n_steps_each):
             # a bf16 score is added into the float32 chain without a float32 copy; the arithmetic is float32
-            langevin_update(x, score_fn(x, sigma), randn(x.shape, generator, out=noise), alpha, convention, s_noise)
+            langevin_update(x, score_fn(x, sigma), randn(x.shape, generator, out=noise), alpha, convention, scale)
             if constraint is not None:
                 constraint(x, level, step)
             if callback is not None:

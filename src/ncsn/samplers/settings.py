@@ -29,7 +29,7 @@ INITS = ("auto", "uniform", "prior")
 HEUN_DEFAULT_STEPS = 18
 ODE_FRAMES = 10
 USED = {  # the settings each sampler reads (recorded in JSON outputs)
-    "ald": ("n_steps_each", "step_lr", "denoise", "convention", "s_noise", "init"),
+    "ald": ("n_steps_each", "step_lr", "denoise", "convention", "s_noise", "s_min", "s_max", "init"),
     "pc": ("n_steps", "predictor", "corrector", "corrector_steps", "snr", "denoise", "init"),
     "ode": ("rtol", "atol", "ode_method", "denoise", "init"),
     "heun": ("n_steps", "rho", "s_churn", "s_min", "s_max", "s_noise", "init"),
@@ -39,8 +39,8 @@ USED = {  # the settings each sampler reads (recorded in JSON outputs)
 @dataclass
 class SamplerSettings:
     """Every sampler's settings; each sampler reads its own (``USED``). ``n_steps`` None: pc runs on the model's own
-    ladder and heun takes 18 steps. ``s_max`` None: no upper bound on churn. ``init`` auto: Uniform[0, 1] for ald
-    (the reference), the VE prior N(0, sigma_max^2 I) for the others (Score-SDE, EDM)."""
+    ladder and heun takes 18 steps. ``s_max`` None: no upper bound on churn (heun) or on s_noise (ald). ``init``
+    auto: Uniform[0, 1] for ald (the reference), the VE prior N(0, sigma_max^2 I) for the others (Score-SDE, EDM)."""
 
     sampler: str = "ald"
     n_steps_each: int = 100
@@ -189,7 +189,8 @@ def run_sampler(
     found: dict = {}
     if s.sampler == "ald":
         x = annealed_langevin(score_fn, x, sigmas, s.n_steps_each, s.step_lr, s.denoise, s.convention, generator,
-                              step_callback, constraint, found, s.s_noise)
+                              step_callback, constraint, found, s.s_noise, s.s_min,
+                              float("inf") if s.s_max is None else s.s_max)
     elif s.sampler == "pc":
         x = pc_sampler(score_fn, x, sigmas, s.predictor, s.corrector, s.corrector_steps, s.snr, s.denoise,
                        generator, step_callback, constraint, found)
