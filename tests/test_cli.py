@@ -67,7 +67,7 @@ def test_export_then_sample_from_the_export_gives_the_same_samples(trained, tmp_
     "args,message",
     [
         (["train", "--config", "digits", "--set", "training.lrr=1"], "Error: unknown config key 'training.lrr'"),
-        (["train", "--config", "digits", "--set", "model.sigma_min=2"], "Error: config key 'model.sigma_max'"),
+        (["train", "--config", "digits", "--set", "model.sigma_min=3"], "Error: config key 'model.sigma_max'"),
         (["train", "--config", "nope"], "Error: unknown config 'nope'"),
         (["train", "--config", "mnist", "--set", "data.download=false", "--set", "data.root=/nonexistent"],
          "Error: mnist: "),
