@@ -59,8 +59,8 @@ def figures(report: dict) -> dict:
     s, r = report["samples"], report["real_test"]
     return {"cfid": round(s["cfid"], 3), "cfid_at_test_n": round(s["cfid_at_test_n"], 3), "cscore": round(s["cscore"], 3),
             "nn_median": round(s["nn_median"], 4), "real_nn_median": round(r["nn_median"], 4),
-            "real_nn_median_interval": [round(v, 4) for v in r.get("nn_median_interval", [])],
-            "nn_p_samples_closer": s.get("nn_p_closer"), "nn_prob_sample_farther": s.get("nn_prob_farther"),
+            "real_nn_median_interval": [round(v, 4) for v in r["nn_median_interval"]],
+            "nn_p_samples_closer": s["nn_p_closer"], "nn_prob_sample_farther": s["nn_prob_farther"],
             "max_share_deviation": round(report["max_share_deviation"], 4),
             "meets_targets": s["cfid"] <= TARGETS["cfid_max"] and s["cscore"] >= TARGETS["cscore_min"]
             and s["nn_median"] >= r["nn_median"]}

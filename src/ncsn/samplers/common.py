@@ -76,6 +76,14 @@ class Counted:
         return self.score_fn(x, sigma)
 
 
+def check_noise_range(s_noise: float, s_min: float, s_max: float) -> None:
+    """The noise scale and the sigma range it applies to (ald's temperature, heun's churn), or ValueError."""
+    if not (s_min >= 0 and s_max >= s_min):
+        raise ValueError(f"need 0 <= s_min <= s_max, got s_min={s_min}, s_max={s_max}")
+    if not s_noise > 0:
+        raise ValueError(f"s_noise must be positive, got {s_noise}")
+
+
 def report(info: dict | None, **figures) -> None:
     """Fill the caller's ``info`` dict (if any) with what a sampler spent, e.g. ``nfe``."""
     if info is not None:

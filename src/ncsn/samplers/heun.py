@@ -15,16 +15,13 @@ from collections.abc import Callable
 import torch
 
 from ..schedules import check_schedule
-from .common import Counted, Generators, ScoreFn, randn, report, require_any_sigma
+from .common import Counted, Generators, ScoreFn, check_noise_range, randn, report, require_any_sigma
 
 
 def _check(s_churn: float, s_min: float, s_max: float, s_noise: float) -> None:
     if not s_churn >= 0:
         raise ValueError(f"s_churn must be >= 0, got {s_churn}")
-    if not (s_min >= 0 and s_max >= s_min):
-        raise ValueError(f"need 0 <= s_min <= s_max, got s_min={s_min}, s_max={s_max}")
-    if not s_noise > 0:
-        raise ValueError(f"s_noise must be positive, got {s_noise}")
+    check_noise_range(s_noise, s_min, s_max)
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 
 from ..schedules import check_schedule
-from .common import Counted, Generators, ScoreFn, randn, report, tweedie
+from .common import Counted, Generators, ScoreFn, check_noise_range, randn, report, tweedie
 
 CONVENTIONS = ("code", "paper")
 
@@ -53,7 +53,7 @@ def annealed_langevin(
     info: dict | None = None,
     s_noise: float = 1.0,
     s_min: float = 0.0,
-    s_max: float = float("inf"),
+    s_max: float = math.inf,
 ) -> torch.Tensor:
     """Run Langevin at each level from the largest sigma down and return the final x (float32, unclamped).
 
@@ -70,10 +70,7 @@ def annealed_langevin(
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
     if n_steps_each < 1 or step_lr <= 0:
         raise ValueError(f"need n_steps_each >= 1 and step_lr > 0, got {n_steps_each} and {step_lr}")
-    if not s_noise > 0:
-        raise ValueError(f"s_noise must be positive, got {s_noise}")
-    if not 0 <= s_min <= s_max:
-        raise ValueError(f"need 0 <= s_min <= s_max, got {s_min} and {s_max}")
+    check_noise_range(s_noise, s_min, s_max)
     check_schedule(sigmas, "annealed_langevin sigmas")
     score_fn = Counted(score_fn)
     x = x.detach().to(torch.float32).clone()

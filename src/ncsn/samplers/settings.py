@@ -11,6 +11,7 @@ it and a model's ladder into one call of the sampler it names. Schedules come fr
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -187,16 +188,15 @@ def run_sampler(
         def step_callback(i, sigma, x):
             callback(i + (s.sampler != "ode"), total, x)
     found: dict = {}
+    s_max = math.inf if s.s_max is None else s.s_max  # None: no upper bound (ald's s_noise, heun's churn)
     if s.sampler == "ald":
         x = annealed_langevin(score_fn, x, sigmas, s.n_steps_each, s.step_lr, s.denoise, s.convention, generator,
-                              step_callback, constraint, found, s.s_noise, s.s_min,
-                              float("inf") if s.s_max is None else s.s_max)
+                              step_callback, constraint, found, s.s_noise, s.s_min, s_max)
     elif s.sampler == "pc":
         x = pc_sampler(score_fn, x, sigmas, s.predictor, s.corrector, s.corrector_steps, s.snr, s.denoise,
                        generator, step_callback, constraint, found)
     elif s.sampler == "heun":
-        x = heun_sampler(score_fn, x, sigmas, s.s_churn, s.s_min, float("inf") if s.s_max is None else s.s_max,
-                         s.s_noise, generator, step_callback, found)
+        x = heun_sampler(score_fn, x, sigmas, s.s_churn, s.s_min, s_max, s.s_noise, generator, step_callback, found)
     else:
         x = ode_sampler(score_fn, x, sigmas, s.rtol, s.atol, s.denoise, s.ode_method, generator, step_callback,
                         found)
