@@ -40,7 +40,8 @@ class ModelConfig:
     sigma_min: float = 0.01
     num_scales: int = 10
     scale_by_sigma: bool = False
-    preconditioning: str = "none"  # none, or edm: the network is EDM's F around the denoiser (ncsn.preconditioning)
+    preconditioning: str = "none"  # none, or edm: the net is EDM's F in D (ncsn.preconditioning); edm replaces
+    # the s = f(x)/sigma scaling, so scale_by_sigma does not apply to it
     sigma_data: float = EDM_SIGMA_DATA  # EDM's σ_data in the library's [0, 1] units (0.5 on [−1, 1])
 
 
