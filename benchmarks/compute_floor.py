@@ -19,6 +19,7 @@ import torch
 from common import machine, parser, setup, timed
 from torch.utils.flop_counter import FlopCounterMode
 
+from ncsn.losses import objective_for
 from ncsn.runtime import native_bf16
 from ncsn.score_model import build_score_model
 from ncsn.training import make_optimizer, train_step
@@ -51,7 +52,9 @@ def main() -> None:
     shape = (batch, config.model.in_channels, config.data.image_size, config.data.image_size)
     x, noise = torch.rand(shape, device=device), torch.randn(shape, device=device)
     labels = torch.randint(0, model.num_scales, (batch,), device=device)
-    step = counted_flops(lambda: train_step(model, model, optimizer, x, labels, noise, model.sigmas, config.training))
+    objective = objective_for(config, model.sigmas)
+    step = counted_flops(lambda: train_step(model, model, optimizer, x, model.sigmas[labels], noise, objective,
+                                            config.training))
     with torch.no_grad():
         forward = counted_flops(lambda: model.at_levels(x, labels))
     rate = matmul_rate(device, args.repeats)

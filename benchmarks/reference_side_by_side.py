@@ -147,6 +147,7 @@ def ncsn_worker(args, job: str):
 
     from ncsn.config import load_config
     from ncsn.data import prepare_batch
+    from ncsn.losses import objective_for
     from ncsn.runtime import RuntimeOptions, prepare_model, resolve, score_function
     from ncsn.samplers import annealed_langevin, uniform_init
     from ncsn.score_model import build_score_model
@@ -168,12 +169,13 @@ def ncsn_worker(args, job: str):
         batches = EpochBatches(len(images), args.batch_size, t.seed)
         gen = torch.Generator().manual_seed(0)
         state = {"k": 0}
+        objective = objective_for(config, model.sigmas)
 
         def step():
             x = prepare_batch(images[batches.indices(state["k"])], gen, config.data.random_flip, config.data.dequantize)
-            labels = torch.randint(0, model.num_scales, (args.batch_size,), generator=gen)
+            sigma = objective.draw_sigma(args.batch_size, gen)
             noise = torch.randn(x.shape, generator=gen)
-            train_step(net, model, optimizer, x, labels, noise, model.sigmas, t, runtime=runtime).item()
+            train_step(net, model, optimizer, x, sigma, noise, objective, t, runtime=runtime).item()
             state["k"] += 1
 
         return step, 1, {**extra, "precision": runtime.precision, "channels_last": runtime.channels_last}

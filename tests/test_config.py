@@ -46,6 +46,16 @@ def test_overrides_are_typed():
         ("training.grad_clip=inf", "config key 'training.grad_clip': must be a finite number"),
         ("training.weight_decay=inf", "config key 'training.weight_decay': must be a finite number"),
         ("sampling.step_lr=inf", "config key 'sampling.step_lr': must be a finite number"),
+        ("training.objective=vp", "config key 'training.objective': unknown 'vp'; choose from ladder, ve, edm"),
+        ("training.objective=ve", "config key 'training.objective': ve draws sigma off the ladder, but ncsn_v1 is "
+                                  "conditioned on ladder levels; use ladder"),
+        ("training.likelihood_weighting=true", "config key 'training.likelihood_weighting': applies to objective ve, "
+                                               "not ladder"),
+        ("training.t_eps=0", "config key 'training.t_eps': must lie in (0, 1), got 0.0"),
+        ("training.p_std=0", "config key 'training.p_std': must be positive, got 0.0"),
+        ("training.p_mean=nan", "config key 'training.p_mean': must be a finite number, got nan"),
+        ("model.preconditioning=karras", "config key 'model.preconditioning': unknown 'karras'; choose from none, edm"),
+        ("model.sigma_data=0", "config key 'model.sigma_data': must be positive, got 0.0"),
     ],
 )
 def test_bad_values_fail_with_one_line_naming_the_key(override, message):
@@ -92,3 +102,21 @@ def test_v2_presets_follow_the_noise_plan_and_the_v2_recipe(name, levels, eps):
 def test_an_unconditional_network_must_divide_by_sigma():
     with pytest.raises(ConfigError, match="model.scale_by_sigma.*ncsnv2 is unconditional"):
         load_config("cifar10_v2", ["model.scale_by_sigma=false"])
+
+
+def test_objective_settings_default_to_the_ladder_and_combine_freely_on_networks_that_take_any_sigma():
+    """Every preset keeps the ladder DSM and the plain EMA (so its runs are what they were); a network that takes
+    any sigma takes every objective, with or without EDM's preconditioning."""
+    for name in named_configs():
+        config = load_config(name, ["data.root=/images"] if name == "folder" else [])
+        t, m = config.training, config.model
+        assert (t.objective, t.reduce_mean, t.likelihood_weighting, t.ema_warmup, m.preconditioning) == (
+            "ladder", False, False, False, "none"), name
+    for objective in ("ladder", "ve", "edm"):
+        for preconditioning in ("none", "edm"):
+            c = load_config("mnist", ["model.arch=ncsnv2", "model.scale_by_sigma=true",
+                                      f"training.objective={objective}", f"model.preconditioning={preconditioning}"])
+            assert (c.training.objective, c.model.preconditioning) == (objective, preconditioning)
+    c = load_config("mnist", ["model.arch=ncsnv2", "model.scale_by_sigma=true", "training.objective=ve",
+                              "training.reduce_mean=true", "training.likelihood_weighting=true", "training.t_eps=1e-3"])
+    assert c.training.reduce_mean and c.training.likelihood_weighting and c.training.t_eps == 1e-3

@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ncsn import training
 from ncsn.checkpoint import list_checkpoints, load_training_state
@@ -53,10 +54,15 @@ def test_tiny_run_writes_its_files(tmp_path):
         train(config, tmp_path / "fresh", resume=True, device="cpu", progress=False)
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+SCORE_SDE = ["model.arch=ncsnv2", "training.objective=ve", "training.likelihood_weighting=true",
+             "training.grad_clip=1.0", "training.ema_warmup=true"]  # on top of the schedule's warm-up
+
+
+@pytest.mark.parametrize("recipe", [[], SCORE_SDE], ids=["ladder", "score_sde"])
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, recipe):
     args = ["train", "--config", "digits", "--device", "cpu", "--no-progress"]
     schedule = ["training.lr_schedule=cosine", "training.lr_warmup=10"]  # the rate is a function of the step
-    sets = [f"--set={s}" for s in TINY + schedule + ["training.n_iters=60"]]
+    sets = [f"--set={s}" for s in TINY + schedule + recipe + ["training.n_iters=60"]]
     straight = cli(*args, "--workdir", str(tmp_path / "straight"), *sets)
     assert straight.returncode == 0, straight.stderr
 
@@ -160,14 +166,14 @@ def test_resume_reuses_the_recorded_precision_instead_of_deciding_again(tmp_path
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = training.dsm_loss
+    real = training.Objective.loss
 
     def poisoned(*args, **kwargs):
         calls["n"] += 1
         out = real(*args, **kwargs)
-        return out * float("nan") if calls["n"] >= 7 else out
+        return out * float("nan") if calls["n"] >= 6 else out  # the training loss of step 6
 
-    monkeypatch.setattr(training, "dsm_loss", poisoned)
+    monkeypatch.setattr(training.Objective, "loss", poisoned)
     config = load_config("digits", TINY + ["training.n_iters=20"])
     with pytest.raises(NonFiniteLossError, match=r"NaN/inf by step 10.*checkpoint_00000005.pt"):
         train(config, tmp_path, device="cpu", progress=False)
@@ -200,3 +206,86 @@ def test_shards_split_the_global_batch():
     assert [shard(16, r, 2) for r in (0, 1)] == [slice(0, 8), slice(8, 16)]
     with pytest.raises(ValueError, match="does not split evenly"):
         shard(15, 0, 2)
+
+
+def test_ema_warmup_follows_score_sde_decay_from_the_initial_weights():
+    """Score-SDE's models/ema.py: the shadow starts at the initial weights and the k-th update uses the decay
+    min(rate, (1 + k)/(10 + k)); written out here as it is there."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.75), use_buffers=True)
+    shadow = [p.detach().clone() for p in model.parameters()]
+    for k in range(1, 41):  # the warm-up's decay reaches 0.75 at k = 23
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        training.update_ema(ema, model, warmup_rate=0.75)
+        decay = min(0.75, (1 + k) / (10 + k))
+        for s, p in zip(shadow, model.parameters()):
+            s.sub_((1.0 - decay) * (s - p.detach()))
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(ema.module.parameters(), shadow)), k
+    assert int(ema.n_averaged) == 40
+
+
+def test_train_step_clips_the_gradient_norm():
+    from ncsn import ScoreModel, geometric_sigmas
+    from ncsn.losses import Objective
+
+    from .conftest import TinyUnconditional
+
+    torch.manual_seed(0)
+    model = ScoreModel(TinyUnconditional(1, 4), geometric_sigmas(1.0, 0.01, 5), scale_by_sigma=True)
+    objective = Objective("ve", model.sigmas)
+    gen = torch.Generator().manual_seed(0)
+    x, noise, sigma = torch.rand(8, 1, 8, 8, generator=gen), torch.randn(8, 1, 8, 8), objective.draw_sigma(8, gen)
+
+    def grad_norm(clip):
+        t = load_config("digits", [f"training.grad_clip={clip}"]).training
+        trial = ScoreModel(TinyUnconditional(1, 4), model.sigmas, scale_by_sigma=True)
+        trial.load_state_dict(model.state_dict())
+        training.train_step(trial, trial, training.make_optimizer(trial, t), x, sigma, noise, objective, t)
+        return torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in trial.parameters()])).item()
+
+    unclipped = grad_norm("null")
+    assert unclipped > 0.1
+    assert grad_norm(0.05) == pytest.approx(0.05, rel=1e-4)
+
+
+class TinySigmaNet(torch.nn.Module):
+    """A tiny network conditioned on sigma through ln(sigma), as NCSN++ is: net(x, sigma)."""
+
+    conditioning, level_conditioned = "sigma", False
+
+    def __init__(self, in_channels: int, ngf: int):
+        super().__init__()
+        self.conv_in = torch.nn.Conv2d(in_channels, ngf, 3, padding=1)
+        self.embed = torch.nn.Linear(1, ngf)
+        self.conv_out = torch.nn.Conv2d(ngf, in_channels, 3, padding=1)
+
+    def forward(self, x, sigma):
+        h = self.conv_in(x) + self.embed(sigma.log().view(-1, 1))[:, :, None, None]
+        return self.conv_out(torch.nn.functional.silu(h))
+
+
+def test_edm_training_resumes_bit_identically_and_its_checkpoint_samples_the_same_score(tmp_path, monkeypatch):
+    from ncsn import score_model
+    from ncsn.checkpoint import load_score_model
+
+    monkeypatch.setitem(score_model.ARCHITECTURES, "tiny_sigma", TinySigmaNet)
+    sets = TINY + ["model.arch=tiny_sigma", "model.preconditioning=edm", "training.objective=edm",
+                   "training.ema_warmup=true", "training.grad_clip=1.0", "training.lr_warmup=4"]
+    straight = train(load_config("digits", sets + ["training.n_iters=10"]), tmp_path / "a", device="cpu",
+                     progress=False)
+    train(load_config("digits", sets + ["training.n_iters=5"]), tmp_path / "b", device="cpu", progress=False)
+    train(load_config("digits", sets + ["training.n_iters=10"]), tmp_path / "b", resume=True, device="cpu",
+          progress=False)
+    a, b = final_state(tmp_path / "a"), final_state(tmp_path / "b")
+    for key in ("model", "ema"):
+        assert all(torch.equal(a[key][name], b[key][name]) for name in a[key]), key
+    model, config, _ = load_score_model(straight.checkpoint)
+    assert (model.preconditioning, model.sigma_data, config.training.objective) == ("edm", 0.25, "edm")
+    x, sigma = torch.rand(4, 1, 8, 8), torch.tensor([0.01, 0.1, 1.0, 3.0])
+    reference = score_model.ScoreModel(TinySigmaNet(1, 4), model.sigmas, preconditioning="edm")
+    reference.load_state_dict(a["ema"])
+    with torch.no_grad():
+        assert torch.equal(model(x, sigma), reference(x, sigma))

@@ -18,7 +18,9 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from .data import DATASETS, FOLDER_CHANNELS, DataConfig
 from .errors import InputError
+from .losses import OBJECTIVES
 from .lr_schedule import LR_SCHEDULES
+from .preconditioning import EDM_P_MEAN, EDM_P_STD, PRECONDITIONINGS
 from .samplers import SamplerSettings
 from .samplers.settings import problems as sampler_problems
 from .score_model import ARCHITECTURES, ModelConfig
@@ -39,13 +41,20 @@ class TrainingConfig:
     beta2: float = 0.999
     eps: float = 1e-8
     weight_decay: float = 0.0
-    anneal_power: float = 2.0
+    anneal_power: float = 2.0  # the ladder objective's sigma^p weight
+    objective: str = "ladder"  # how sigma is drawn and weighted: ladder, ve (Score-SDE) or edm (ncsn.losses)
+    reduce_mean: bool = False  # ve/edm/ladder: mean over dimensions instead of the (½) sum
+    likelihood_weighting: bool = False  # ve: Score-SDE's g(t)^2 weighting
+    t_eps: float = 1e-5  # ve: t ~ U(t_eps, 1)
+    p_mean: float = EDM_P_MEAN  # edm: ln sigma ~ N(p_mean, p_std^2), in [0, 1] units (EDM's -1.2 - ln 2)
+    p_std: float = EDM_P_STD
     grad_clip: float | None = None
     lr_schedule: str = "constant"  # constant, cosine or linear decay to lr_min over the steps after the warm-up
     lr_warmup: int = 0
     lr_min: float = 0.0
     ema: bool = False
     ema_rate: float = 0.999
+    ema_warmup: bool = False  # Score-SDE's decay min(ema_rate, (1 + n)/(10 + n)) at the n-th update
     seed: int = 1234
     log_every: int = 100
     eval_every: int = 100
@@ -198,6 +207,19 @@ def _validate_data(d, m) -> None:
     _check(d.memory_budget_gb >= 0, "data.memory_budget_gb", f"must be >= 0, got {d.memory_budget_gb}")
 
 
+def _validate_objective(t, m) -> None:
+    """The objective exists, its keys are in range, and a σ off the ladder reaches a network that can take it."""
+    _check(t.objective in OBJECTIVES, "training.objective",
+           f"unknown {t.objective!r}; choose from {', '.join(OBJECTIVES)}")
+    _check(t.objective == "ladder" or not getattr(ARCHITECTURES[m.arch], "level_conditioned", True),
+           "training.objective",
+           f"{t.objective} draws sigma off the ladder, but {m.arch} is conditioned on ladder levels; use ladder")
+    _check(not t.likelihood_weighting or t.objective == "ve", "training.likelihood_weighting",
+           f"applies to objective ve, not {t.objective}")
+    _check(0 < t.t_eps < 1, "training.t_eps", f"must lie in (0, 1), got {t.t_eps}")
+    _check(t.p_std > 0, "training.p_std", f"must be positive, got {t.p_std}")
+
+
 def validate(config: RunConfig) -> None:
     """Values that types alone cannot rule out: impossible sigmas, sizes, rates and cadences."""
     for key, value in flat(config).items():
@@ -213,6 +235,10 @@ def validate(config: RunConfig) -> None:
     _check(m.sigma_min > 0, "model.sigma_min", f"must be positive, got {m.sigma_min}")
     _check(m.sigma_max > m.sigma_min, "model.sigma_max", f"must exceed model.sigma_min ({m.sigma_min}), got {m.sigma_max}")
     _check(m.num_scales >= 2, "model.num_scales", f"must be >= 2, got {m.num_scales}")
+    _check(m.preconditioning in PRECONDITIONINGS, "model.preconditioning",
+           f"unknown {m.preconditioning!r}; choose from {', '.join(PRECONDITIONINGS)}")
+    _check(m.sigma_data > 0, "model.sigma_data", f"must be positive, got {m.sigma_data}")
+    _validate_objective(t, m)
     for key in ("n_iters", "batch_size", "log_every", "eval_every", "eval_batch_size", "checkpoint_every",
                 "snapshot_every", "keep_last", "sample_every", "sample_n"):
         _check(getattr(t, key) >= 1, f"training.{key}", f"must be >= 1, got {getattr(t, key)}")

@@ -1,12 +1,120 @@
-"""Score-matching objectives. Each returns one value per example; the caller reduces (the paper takes the mean)."""
+"""Score-matching objectives. Each returns one value per example; the caller reduces (training takes the mean).
+
+The three denoising objectives a run can train with (``training.objective``) share one form. With x~ = x + σ z,
+
+    loss_n = w(σ_n) · reduce_dims (σ_n s(x~, σ_n) + z)²
+
+and they differ only in how σ is drawn and in the weight w (each objective's published form; ``Objective``):
+
+- ``ladder``, the paper's DSM (SPEC §2): σ uniform over the model's ladder, reduce = ½·sum, w = σ^(p − 2) with
+  p = ``anneal_power``, i.e. ½ σ^p ‖s + z/σ‖².
+- ``ve``, Score-SDE's continuous VE: t ~ U(ε, 1), σ = σ_min (σ_max/σ_min)^t, reduce = ½·sum or, with
+  ``reduce_mean``, the mean (Score-SDE's mean carries no ½), w = 1. Likelihood weighting multiplies ‖s + z/σ‖² by
+  g(t)² = σ² · 2 ln(σ_max/σ_min), the VE SDE's squared diffusion: here that is the constant w = 2 ln(σ_max/σ_min).
+- ``edm`` (Karras et al. 2022): ln σ ~ N(P_mean, P_std²), reduce = sum (or mean), w = λ(σ) σ² = (σ² + σ_d²)/σ_d²,
+  which is EDM's λ(σ) ‖D − x‖² because the denoiser D = x~ + σ² s gives D − x = σ (σ s + z).
+  The network's parameterisation (``model.preconditioning: edm``) is the wrapper's business, not the loss's:
+  ``ncsn.preconditioning`` holds it and the units (EDM's constants in the library's [0, 1] data and σ).
+
+Any network that takes any σ trains with any of them; the ladder objective also suits level-conditioned ones.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
+from .preconditioning import EDM_P_MEAN, EDM_P_STD, EDM_SIGMA_DATA
+
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+OBJECTIVES = ("ladder", "ve", "edm")
+
+
+def denoising_loss(score_fn: ScoreFn, x: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor,
+                   weight: torch.Tensor | float | None = None, reduce: str = "half_sum") -> torch.Tensor:
+    """w · reduce_dims (σ s(x + σ z, σ) + z)² per example; ``reduce`` is "half_sum", "sum" or "mean".
+
+    σ s + z is one fused expression: no division by a small σ.
+    """
+    s = sigma.view(-1, *([1] * (x.dim() - 1)))
+    score = score_fn(x + s * noise, sigma).float()
+    squares = (s * score + noise).square().flatten(1)
+    if reduce == "half_sum":
+        per_example = 0.5 * squares.sum(dim=1)
+    elif reduce == "sum":
+        per_example = squares.sum(dim=1)
+    elif reduce == "mean":
+        per_example = squares.mean(dim=1)
+    else:
+        raise ValueError(f"reduce must be half_sum, sum or mean, got {reduce!r}")
+    return per_example if weight is None else per_example * weight
+
+
+@dataclass(frozen=True)
+class Objective:
+    """How a training step draws σ and weights each example (module docstring); ``objective_for`` builds it from a
+    run's config. ``sigmas`` is the model's ladder (used by ``ladder``); ``sigma_min`` and ``sigma_max`` bound
+    ``ve`` (the ladder's ends when not given)."""
+
+    kind: str
+    sigmas: torch.Tensor
+    sigma_min: float | None = None
+    sigma_max: float | None = None
+    anneal_power: float = 2.0
+    reduce_mean: bool = False
+    likelihood_weighting: bool = False
+    t_eps: float = 1e-5
+    p_mean: float = EDM_P_MEAN
+    p_std: float = EDM_P_STD
+    sigma_data: float = EDM_SIGMA_DATA
+
+    def __post_init__(self):
+        if self.kind not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.kind!r}")
+        if self.sigma_min is None:
+            object.__setattr__(self, "sigma_min", float(self.sigmas.min()))
+        if self.sigma_max is None:
+            object.__setattr__(self, "sigma_max", float(self.sigmas.max()))
+
+    def draw_sigma(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        """σ for ``n`` examples (float32, shape (n,)), drawn from ``generator`` with one call."""
+        if self.kind == "ladder":
+            sigmas = self.sigmas.to(device=device, dtype=torch.float32)
+            return sigmas[torch.randint(0, len(sigmas), (n,), generator=generator, device=device)]
+        if self.kind == "ve":
+            t = torch.rand(n, generator=generator, device=device) * (1.0 - self.t_eps) + self.t_eps
+            return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+        return (torch.randn(n, generator=generator, device=device) * self.p_std + self.p_mean).exp()
+
+    def weight(self, sigma: torch.Tensor) -> torch.Tensor | float | None:
+        """w(σ) of the module docstring (None: 1)."""
+        if self.kind == "ladder":
+            return sigma ** (self.anneal_power - 2.0)
+        if self.kind == "ve":
+            return 2.0 * math.log(self.sigma_max / self.sigma_min) if self.likelihood_weighting else None
+        return (sigma.square() + self.sigma_data**2) / self.sigma_data**2
+
+    @property
+    def reduce(self) -> str:
+        if self.reduce_mean:
+            return "mean"
+        return "sum" if self.kind == "edm" else "half_sum"
+
+    def loss(self, score_fn: ScoreFn, x: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Per-example loss at the given σ (float32, (N,)) and noise z (x's shape)."""
+        sigma = sigma.to(device=x.device, dtype=torch.float32)
+        return denoising_loss(score_fn, x, sigma, noise, self.weight(sigma), self.reduce)
+
+
+def objective_for(config, sigmas: torch.Tensor) -> Objective:
+    """The objective a run's config asks for (``training.objective`` and its keys, ``model.sigma_data``)."""
+    t, m = config.training, config.model
+    return Objective(t.objective, sigmas.detach().float(), m.sigma_min, m.sigma_max, anneal_power=t.anneal_power,
+                     reduce_mean=t.reduce_mean, likelihood_weighting=t.likelihood_weighting, t_eps=t.t_eps,
+                     p_mean=t.p_mean, p_std=t.p_std, sigma_data=m.sigma_data)
 
 
 def dsm_loss(
@@ -30,13 +138,8 @@ def dsm_loss(
     if noise is None:
         noise = torch.randn(x.shape, device=x.device, dtype=torch.float32, generator=generator)
     per_example = sigmas[labels]
-    sigma = per_example.view(-1, *([1] * (x.dim() - 1)))
-    perturbed = x + sigma * noise
-    score = score_fn(perturbed, per_example).float()
-    # sigma^p * (s + z/sigma)^2 == sigma^(p-2) * (sigma s + z)^2: one fused expression, no division by small sigma.
-    residual = sigma * score + noise
-    weight = sigma.flatten() ** (anneal_power - 2.0)
-    return 0.5 * residual.square().flatten(1).sum(dim=1) * weight
+    # sigma^p * (s + z/sigma)^2 == sigma^(p-2) * (sigma s + z)^2
+    return denoising_loss(score_fn, x, per_example, noise, per_example ** (anneal_power - 2.0))
 
 
 PROJECTIONS = ("gaussian", "rademacher")

@@ -1,6 +1,7 @@
 """Learning rate as a pure function of the step (so a resumed run continues the same curve): a linear warm-up,
 then constant, cosine or linear decay from ``lr`` to ``lr_min`` at the last step. A warm-up longer than the run
-(a short run of a preset, say) simply ramps for the whole run."""
+(a short run of a preset, say) simply ramps for the whole run. Score-SDE's warm-up, lr · min(k/warmup, 1) at its
+step k = 0, 1, ..., gives its first step the rate 0; this one is the same ramp one step earlier (lr/warmup first)."""
 
 from __future__ import annotations
 

@@ -3,6 +3,10 @@
 Callers give one sigma per example; the wrapper decides how the network is conditioned: a level-conditioned network
 (NCSN v1) gets the index of that sigma on its ladder, and a sigma off the ladder is refused, never snapped; an
 unconditional network (NCSNv2) gets x alone and its output is divided by sigma, so any sigma > 0 works.
+With ``preconditioning="edm"`` the network is EDM's F instead: the score is (D − x)/σ² with
+D = m + c_skip (x − m) + c_out F(c_in (x − m), c_noise) (``ncsn.preconditioning``); a network that takes σ is given
+σ^(1/4), so that the ln it embeds is c_noise = ln(σ)/4; an unconditional one ignores c_noise, a level-conditioned
+one gets its level.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import torch
 from torch import nn
 
 from .nets import CondRefineNetDilated, NCSNv2, NCSNv2Deeper, NCSNv2Deepest
+from .preconditioning import (DATA_MEAN, EDM_SIGMA_DATA, PRECONDITIONINGS, edm_coefficients, edm_denoise,
+                              edm_network_sigma, edm_score)
 from .sigmas import geometric_sigmas, ladder_levels
 
 ARCHITECTURES = {
@@ -34,6 +40,9 @@ class ModelConfig:
     sigma_min: float = 0.01
     num_scales: int = 10
     scale_by_sigma: bool = False
+    preconditioning: str = "none"  # none, or edm: the net is EDM's F in D (ncsn.preconditioning); edm replaces
+    # the s = f(x)/sigma scaling, so scale_by_sigma does not apply to it
+    sigma_data: float = EDM_SIGMA_DATA  # EDM's σ_data in the library's [0, 1] units (0.5 on [−1, 1])
 
 
 def _per_example(sigma, x: torch.Tensor) -> torch.Tensor:
@@ -54,14 +63,18 @@ class ScoreModel(nn.Module):
     ``scale_by_sigma`` (NCSNv2's s = f(x)/sigma) is implied by an unconditional network and optional for v1.
     """
 
-    def __init__(self, net: nn.Module, sigmas: torch.Tensor, scale_by_sigma: bool = False):
+    def __init__(self, net: nn.Module, sigmas: torch.Tensor, scale_by_sigma: bool = False,
+                 preconditioning: str = "none", sigma_data: float = EDM_SIGMA_DATA):
         super().__init__()
         self.net = net
         self.register_buffer("sigmas", sigmas.detach().clone().float())
         self.level_conditioned = bool(getattr(net, "level_conditioned", True))
-        if not self.level_conditioned and not scale_by_sigma:
+        if preconditioning not in PRECONDITIONINGS:
+            raise ValueError(f"preconditioning must be one of {PRECONDITIONINGS}, got {preconditioning!r}")
+        if not self.level_conditioned and not scale_by_sigma and preconditioning == "none":
             raise ValueError(f"{type(net).__name__} is unconditional: it needs scale_by_sigma=True (s = f(x)/sigma)")
         self.scale_by_sigma = scale_by_sigma
+        self.preconditioning, self.sigma_data = preconditioning, float(sigma_data)
 
     @property
     def num_scales(self) -> int:
@@ -73,10 +86,30 @@ class ScoreModel(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
         sigma = _per_example(sigma, x)
+        if self.preconditioning == "edm":
+            raw = self._edm_raw(x, sigma)
+            return edm_score(x, sigma, raw, self.sigma_data).to(raw.dtype)
         out = self.net(x, self.levels_of(sigma)) if self.level_conditioned else self.net(x)
         if self.scale_by_sigma:  # divided in float32 whatever the network's precision, then back to its dtype
             out = (out.float() / sigma.view(-1, *([1] * (out.dim() - 1)))).to(out.dtype)
         return out
+
+    def _edm_raw(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """F(c_in (x − m), c_noise): the network's output under EDM's preconditioning."""
+        _, _, c_in, _ = edm_coefficients(sigma, self.sigma_data)
+        u = c_in.view(-1, *([1] * (x.dim() - 1))) * (x - DATA_MEAN)
+        if self.level_conditioned:
+            return self.net(u, self.levels_of(sigma))
+        if getattr(self.net, "conditioning", None) == "sigma":
+            return self.net(u, edm_network_sigma(sigma))
+        return self.net(u)
+
+    def denoise(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """D(x; σ) = x + σ² s(x, σ), the denoiser the score implies (EDM's own D under its preconditioning)."""
+        sigma = _per_example(sigma, x)
+        if self.preconditioning == "edm":
+            return edm_denoise(x, sigma, self._edm_raw(x, sigma), self.sigma_data)
+        return x.float() + sigma.view(-1, *([1] * (x.dim() - 1))).square() * self(x, sigma).float()
 
     def at_levels(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The score at ladder positions ``labels`` (int64, one per example)."""
@@ -93,4 +126,5 @@ def build_score_model(config: ModelConfig) -> ScoreModel:
     else:
         net = cls(config.in_channels, config.ngf)
     sigmas = geometric_sigmas(config.sigma_max, config.sigma_min, config.num_scales)
-    return ScoreModel(net, sigmas, config.scale_by_sigma or not cls.level_conditioned)
+    return ScoreModel(net, sigmas, config.scale_by_sigma or not cls.level_conditioned, config.preconditioning,
+                      config.sigma_data)

@@ -24,7 +24,7 @@ from .data import load_split, prepare_batch, training_images
 from .errors import NcsnError, storage_errors
 from .generate import generate
 from .images import save_grid
-from .losses import dsm_loss
+from .losses import Objective, dsm_loss, objective_for
 from .lr_schedule import set_lr
 from .resume import _config_on_disk, _resolve_config, _start
 from .runfolder import RunFolderError  # noqa: F401 (raised by the setup; importers catch it from here)
@@ -85,17 +85,22 @@ def make_optimizer(model: torch.nn.Module, t) -> torch.optim.Adam:
 
 
 @torch.no_grad()
-def update_ema(ema: AveragedModel, model: torch.nn.Module) -> None:
+def update_ema(ema: AveragedModel, model: torch.nn.Module, warmup_rate: float | None = None) -> None:
     """``ema.update_parameters(model)`` without its per-step host-to-device copy of the update count (a sync).
 
     The two tensor lists are gathered once and kept on ``ema`` (parameters are updated in place, never replaced), so
-    a step does not walk both module trees.
+    a step does not walk both module trees. With ``warmup_rate`` the n-th update (n = 1, 2, ...) averages from the
+    initial weights at decay min(warmup_rate, (1 + n)/(10 + n)), as Score-SDE's EMA does; without it the first
+    update copies the model and later ones use the EMA's fixed decay.
     """
     if "_ncsn_pairs" not in ema.__dict__:
         ema._ncsn_pairs = ([*ema.module.parameters(), *ema.module.buffers()],
                            [t.detach() for t in (*model.parameters(), *model.buffers())])
     target, source = ema._ncsn_pairs
-    if int(ema.n_averaged) == 0:  # the count lives on the CPU
+    n = int(ema.n_averaged)  # the count lives on the CPU
+    if warmup_rate is not None:
+        get_ema_multi_avg_fn(min(warmup_rate, (2 + n) / (11 + n)))(target, source, ema.n_averaged)
+    elif n == 0:
         for a, b in zip(target, source):
             a.copy_(b)
     else:
@@ -103,9 +108,10 @@ def update_ema(ema: AveragedModel, model: torch.nn.Module) -> None:
     ema.n_averaged += 1
 
 
-def train_step(net, model, optimizer, x, labels, noise, sigmas, t, ema=None,
+def train_step(net, model, optimizer, x, sigma, noise, objective: Objective, t, ema=None,
                runtime: RuntimeOptions | None = None) -> torch.Tensor:
-    """One optimisation step on a drawn batch; returns the mean loss as a device tensor (nothing waits for it).
+    """One optimisation step on a drawn batch (σ per example from ``objective.draw_sigma``); returns the mean loss
+    as a device tensor (nothing waits for it).
 
     ``net`` is what the forward pass calls (the model, or its DDP/compiled wrapper); ``model`` owns the parameters.
     ``runtime`` defaults to fp32; a precision left to the library ("auto") is decided at the first call and
@@ -115,7 +121,7 @@ def train_step(net, model, optimizer, x, labels, noise, sigmas, t, ema=None,
     if runtime.precision == "auto":
         runtime = resolve(runtime, model, x.device, tuple(x.shape), training=True)
     with autocast(runtime, x.device):
-        losses = dsm_loss(net, x, sigmas, labels, t.anneal_power, noise=noise)
+        losses = objective.loss(net, x, sigma, noise)
     loss = losses.mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -123,7 +129,7 @@ def train_step(net, model, optimizer, x, labels, noise, sigmas, t, ema=None,
         torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
     optimizer.step()
     if ema is not None:
-        update_ema(ema, model)
+        update_ema(ema, model, t.ema_rate if t.ema_warmup else None)
     return loss.detach()
 
 
@@ -260,6 +266,7 @@ def _loop(config: RunConfig, workdir: Path, info, runtime: RuntimeOptions, progr
     train_images, test_images, batches, local = data
     net = prepare_model(DistributedDataParallel(model) if info.world_size > 1 else model, runtime, info.device)
     sigmas = model.sigmas
+    objective = objective_for(config, sigmas)
     log = MetricsLog(workdir, info.is_main, start, t.tensorboard)
     bar = tqdm(total=t.n_iters, initial=start, disable=not (progress and info.is_main), desc="training", unit="it")
     config_written = _config_on_disk(workdir) if info.is_main else None
@@ -279,10 +286,10 @@ def _loop(config: RunConfig, workdir: Path, info, runtime: RuntimeOptions, progr
         for step in range(start, t.n_iters):
             gen = _seeded(t.seed, 3, step, info.device)
             x = prepare_batch(train_images[batches.indices(step)], gen, config.data.random_flip, config.data.dequantize)
-            labels = torch.randint(0, len(sigmas), (t.batch_size,), generator=gen, device=info.device)
+            sigma = objective.draw_sigma(t.batch_size, gen, info.device)
             noise = torch.randn(x.shape, generator=gen, device=info.device)
             set_lr(optimizer, t, step)  # from the config, so a resume with a changed rate takes it at once
-            loss = train_step(net, model, optimizer, x[local], labels[local], noise[local], sigmas, t, ema, runtime)
+            loss = train_step(net, model, optimizer, x[local], sigma[local], noise[local], objective, t, ema, runtime)
             loss_sum += loss
             nonfinite |= ~torch.isfinite(loss)
             loss_steps += 1
