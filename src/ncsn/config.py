@@ -21,9 +21,10 @@ from .errors import InputError
 from .losses import OBJECTIVES
 from .lr_schedule import LR_SCHEDULES
 from .preconditioning import EDM_P_MEAN, EDM_P_STD, PRECONDITIONINGS
+from .nets.ncsnpp import problems as ncsnpp_problems
 from .samplers import SamplerSettings
 from .samplers.settings import problems as sampler_problems
-from .score_model import ARCHITECTURES, ModelConfig
+from .score_model import ARCHITECTURES, ModelConfig, NCSNppConfig
 
 
 class ConfigError(InputError):
@@ -156,9 +157,12 @@ def _build(layers: list, overrides) -> RunConfig:
 
 
 def _resolve(config: RunConfig) -> RunConfig:
-    """Folder images are converted to the model's channels unless data.channels is set (then the two must agree)."""
+    """Folder images are converted to the model's channels unless data.channels is set (then the two must agree);
+    NCSN++ is built for data.image_size unless model.ncsnpp.image_size is set (then the two must agree)."""
     if config.data.dataset == "folder" and config.data.channels is None:
         config.data.channels = config.model.in_channels
+    if config.model.arch == "ncsnpp" and config.model.ncsnpp.image_size is None:
+        config.model.ncsnpp.image_size = config.data.image_size
     return config
 
 
@@ -220,6 +224,21 @@ def _validate_objective(t, m) -> None:
     _check(t.p_std > 0, "training.p_std", f"must be positive, got {t.p_std}")
 
 
+def _validate_ncsnpp(d, m) -> None:
+    """model.ncsnpp: only for arch ncsnpp, at the data's image size, with settings NCSN++ can be built with."""
+    if m.arch != "ncsnpp":
+        _check(m.ncsnpp == NCSNppConfig(), "model.ncsnpp", f"applies to model.arch ncsnpp only, not {m.arch}")
+        return
+    p = m.ncsnpp
+    _check(p.image_size == d.image_size, "model.ncsnpp.image_size",
+           f"must equal data.image_size ({d.image_size}) or be null, got {p.image_size}")
+    for key, value in dataclasses.asdict(p).items():
+        _check(not isinstance(value, float) or math.isfinite(value), f"model.ncsnpp.{key}",
+               f"must be a finite number, got {value}")
+    for key, message in ncsnpp_problems(**dataclasses.asdict(p), nf=m.ngf)[:1]:
+        _check(False, "model.ngf" if key == "nf" else f"model.ncsnpp.{key}", message)
+
+
 def validate(config: RunConfig) -> None:
     """Values that types alone cannot rule out: impossible sigmas, sizes, rates and cadences."""
     for key, value in flat(config).items():
@@ -228,8 +247,10 @@ def validate(config: RunConfig) -> None:
     _check(d.dataset in DATASETS, "data.dataset", f"unknown dataset {d.dataset!r}; choose from {sorted(DATASETS)}")
     _check(d.image_size >= 4 and d.image_size % 2 == 0, "data.image_size", f"must be even and >= 4, got {d.image_size}")
     _check(m.arch in ARCHITECTURES, "model.arch", f"unknown architecture {m.arch!r}; choose from {sorted(ARCHITECTURES)}")
-    _check(m.scale_by_sigma or ARCHITECTURES[m.arch].level_conditioned, "model.scale_by_sigma",
-           f"{m.arch} is unconditional and conditions by s = f(x)/sigma: set it to true")
+    how = "divides its output by sigma" if m.arch == "ncsnpp" else "is unconditional and conditions by s = f(x)/sigma"
+    _check(m.scale_by_sigma or ARCHITECTURES[m.arch].level_conditioned or m.preconditioning == "edm",
+           "model.scale_by_sigma",
+           f"{m.arch} {how}: set it to true")
     _validate_data(d, m)
     _check(m.ngf >= 1, "model.ngf", f"must be >= 1, got {m.ngf}")
     _check(m.sigma_min > 0, "model.sigma_min", f"must be positive, got {m.sigma_min}")
@@ -239,6 +260,7 @@ def validate(config: RunConfig) -> None:
            f"unknown {m.preconditioning!r}; choose from {', '.join(PRECONDITIONINGS)}")
     _check(m.sigma_data > 0, "model.sigma_data", f"must be positive, got {m.sigma_data}")
     _validate_objective(t, m)
+    _validate_ncsnpp(d, m)
     for key in ("n_iters", "batch_size", "log_every", "eval_every", "eval_batch_size", "checkpoint_every",
                 "snapshot_every", "keep_last", "sample_every", "sample_n"):
         _check(getattr(t, key) >= 1, f"training.{key}", f"must be >= 1, got {getattr(t, key)}")

@@ -2,7 +2,8 @@
 
 Callers give one sigma per example; the wrapper decides how the network is conditioned: a level-conditioned network
 (NCSN v1) gets the index of that sigma on its ladder, and a sigma off the ladder is refused, never snapped; an
-unconditional network (NCSNv2) gets x alone and its output is divided by sigma, so any sigma > 0 works.
+unconditional network (NCSNv2) gets x alone and its output is divided by sigma, so any sigma > 0 works; a
+sigma-conditioned network (NCSN++, ``conditioning = "sigma"``) gets sigma itself and its output is divided by sigma.
 With ``preconditioning="edm"`` the network is EDM's F instead: the score is (D − x)/σ² with
 D = m + c_skip (x − m) + c_out F(c_in (x − m), c_noise) (``ncsn.preconditioning``); a network that takes σ is given
 σ^(1/4), so that the ln it embeds is c_noise = ln(σ)/4; an unconditional one ignores c_noise, a level-conditioned
@@ -11,12 +12,12 @@ one gets its level.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
-from .nets import CondRefineNetDilated, NCSNv2, NCSNv2Deeper, NCSNv2Deepest
+from .nets import CondRefineNetDilated, NCSNpp, NCSNv2, NCSNv2Deeper, NCSNv2Deepest
 from .preconditioning import (DATA_MEAN, EDM_SIGMA_DATA, PRECONDITIONINGS, edm_coefficients, edm_denoise,
                               edm_network_sigma, edm_score)
 from .sigmas import geometric_sigmas, ladder_levels
@@ -26,7 +27,29 @@ ARCHITECTURES = {
     "ncsnv2": NCSNv2,
     "ncsnv2_deeper": NCSNv2Deeper,
     "ncsnv2_deepest": NCSNv2Deepest,
+    "ncsnpp": NCSNpp,
 }
+
+
+@dataclass
+class NCSNppConfig:
+    """NCSN++'s settings (``model.arch: ncsnpp``; its width nf is ``model.ngf``). Defaults: CIFAR-10 continuous.
+    ``image_size`` is taken from ``data.image_size`` when null. The 256 px models use ch_mult [1, 1, 2, 2, 2, 2, 2],
+    2 blocks, dropout 0, progressive output_skip and input input_skip."""
+
+    image_size: int | None = None
+    ch_mult: list[int] = field(default_factory=lambda: [1, 2, 2, 2])
+    num_res_blocks: int = 4
+    attn_resolutions: list[int] = field(default_factory=lambda: [16])
+    dropout: float = 0.1
+    progressive: str = "none"  # output pyramid: none or output_skip
+    progressive_input: str = "residual"  # input pyramid: none, input_skip or residual
+    progressive_combine: str = "sum"  # how input_skip joins the pyramid: sum or cat
+    embedding: str = "fourier"  # fourier (of log sigma, any sigma) or positional (of the ladder index)
+    fourier_scale: float = 16.0
+    fir_kernel: list[float] = field(default_factory=lambda: [1.0, 3.0, 3.0, 1.0])
+    skip_rescale: bool = True
+    init_scale: float = 0.0
 
 
 @dataclass
@@ -43,6 +66,7 @@ class ModelConfig:
     preconditioning: str = "none"  # none, or edm: the net is EDM's F in D (ncsn.preconditioning); edm replaces
     # the s = f(x)/sigma scaling, so scale_by_sigma does not apply to it
     sigma_data: float = EDM_SIGMA_DATA  # EDM's σ_data in the library's [0, 1] units (0.5 on [−1, 1])
+    ncsnpp: NCSNppConfig = field(default_factory=NCSNppConfig)
 
 
 def _per_example(sigma, x: torch.Tensor) -> torch.Tensor:
@@ -69,6 +93,7 @@ class ScoreModel(nn.Module):
         self.net = net
         self.register_buffer("sigmas", sigmas.detach().clone().float())
         self.level_conditioned = bool(getattr(net, "level_conditioned", True))
+        self.sigma_conditioned = getattr(net, "conditioning", None) == "sigma"
         if preconditioning not in PRECONDITIONINGS:
             raise ValueError(f"preconditioning must be one of {PRECONDITIONINGS}, got {preconditioning!r}")
         if not self.level_conditioned and not scale_by_sigma and preconditioning == "none":
@@ -89,7 +114,10 @@ class ScoreModel(nn.Module):
         if self.preconditioning == "edm":
             raw = self._edm_raw(x, sigma)
             return edm_score(x, sigma, raw, self.sigma_data).to(raw.dtype)
-        out = self.net(x, self.levels_of(sigma)) if self.level_conditioned else self.net(x)
+        if self.level_conditioned:
+            out = self.net(x, self.levels_of(sigma))
+        else:
+            out = self.net(x, sigma) if self.sigma_conditioned else self.net(x)
         if self.scale_by_sigma:  # divided in float32 whatever the network's precision, then back to its dtype
             out = (out.float() / sigma.view(-1, *([1] * (out.dim() - 1)))).to(out.dtype)
         return out
@@ -100,7 +128,7 @@ class ScoreModel(nn.Module):
         u = c_in.view(-1, *([1] * (x.dim() - 1))) * (x - DATA_MEAN)
         if self.level_conditioned:
             return self.net(u, self.levels_of(sigma))
-        if getattr(self.net, "conditioning", None) == "sigma":
+        if self.sigma_conditioned:
             return self.net(u, edm_network_sigma(sigma))
         return self.net(u)
 
@@ -121,7 +149,9 @@ def build_score_model(config: ModelConfig) -> ScoreModel:
     if config.arch not in ARCHITECTURES:
         raise ValueError(f"model.arch: unknown architecture {config.arch!r}; choose from {sorted(ARCHITECTURES)}")
     cls = ARCHITECTURES[config.arch]
-    if cls.level_conditioned:
+    if cls is NCSNpp:
+        net = cls(config.in_channels, config.ngf, **asdict(config.ncsnpp))
+    elif cls.level_conditioned:
         net = cls(config.in_channels, config.ngf, config.num_scales)
     else:
         net = cls(config.in_channels, config.ngf)

@@ -1,6 +1,7 @@
 """Score networks and their layers."""
 
 from .layers import CondInstanceNormPlusPlus, InstanceNormPlusPlus
+from .ncsnpp import NCSNpp
 from .ncsnv2 import NCSNv2, NCSNv2Deeper, NCSNv2Deepest
 from .refinenet import CondRefineNetDilated
 
@@ -8,6 +9,7 @@ __all__ = [
     "CondInstanceNormPlusPlus",
     "CondRefineNetDilated",
     "InstanceNormPlusPlus",
+    "NCSNpp",
     "NCSNv2",
     "NCSNv2Deeper",
     "NCSNv2Deepest",
