@@ -65,6 +65,7 @@ class ScoreModel(nn.Module):
 
     @property
     def num_scales(self) -> int:
+        """The number of levels L on the ladder."""
         return len(self.sigmas)
 
     def levels_of(self, sigma: torch.Tensor) -> torch.Tensor:
@@ -72,6 +73,7 @@ class ScoreModel(nn.Module):
         return ladder_levels(self.sigmas, sigma)
 
     def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """The score s(x, sigma); sigma is a float or a float32 (N,) tensor, one level per example."""
         sigma = _per_example(sigma, x)
         out = self.net(x, self.levels_of(sigma)) if self.level_conditioned else self.net(x)
         if self.scale_by_sigma:  # divided in float32 whatever the network's precision, then back to its dtype
