@@ -1,8 +1,8 @@
 """Draw docs/figures/modules.svg and the module table of docs/design.md from the package's own imports.
 
 Nodes are the top-level modules of ``src/ncsn`` and its subpackages (cli, data, evaluation, nets, samplers) taken
-whole; an arrow A -> B means A imports B (anywhere in A, lazy imports included). Columns are dependency depth:
-modules that import nothing of ncsn on the left, the command line on the right.
+whole; an arrow A -> B means A imports B (anywhere in A, lazy imports included);
+rows are dependency depth: modules that import nothing of ncsn at the bottom, the command line on top.
 
     python docs/module_graph.py           # rewrite the figure and the table
     python docs/module_graph.py --check   # exit 1 if either is out of date (tests/test_docs_build.py runs this)
@@ -113,32 +113,32 @@ def draw(edges: dict[str, set[str]], out: pathlib.Path) -> None:
 
     plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "ncsn", "font.size": 9})
     depth = depths(edges)
-    columns: dict[int, list[str]] = {}
+    columns: dict[int, list[str]] = {}  # depth -> the modules at that depth
     for n in sorted(edges, key=lambda n: (depth[n], n)):
         columns.setdefault(depth[n], []).append(n)
-    tallest = max(len(c) for c in columns.values())
+    widest = max(len(c) for c in columns.values())
     pos = {}
-    for d, names in columns.items():
+    for d, names in columns.items():  # one row per depth, the foundations at the bottom, the command line on top
+        spread = (widest - 1) / max(len(names) - 1, 1) if len(names) > 1 else 0.0
         for i, n in enumerate(names):
-            spread = (tallest - 1) / max(len(names) - 1, 1) if len(names) > 1 else 0.0
-            pos[n] = (d * 2.2, (len(names) - 1) * spread / 2 - i * spread)
-    fig, ax = plt.subplots(figsize=(1.0 + 1.45 * len(columns), 1.0 + 0.62 * tallest))
+            pos[n] = (i * spread - (len(names) - 1) * spread / 2, float(d))
+    fig, ax = plt.subplots(figsize=(1.2 + 1.35 * widest, 0.6 + 0.75 * len(columns)))
     for a in sorted(edges):
         for b in sorted(edges[a]):
             (xa, ya), (xb, yb) = pos[a], pos[b]
-            ax.annotate("", xy=(xb + 0.55, yb), xytext=(xa - 0.55, ya),
-                        arrowprops=dict(arrowstyle="-|>", color="#7a8ca3", lw=0.6, alpha=0.55,
-                                        shrinkA=0, shrinkB=0, connectionstyle="arc3,rad=0.08"))
+            ax.annotate("", xy=(xb, yb + 0.17), xytext=(xa, ya - 0.17),
+                        arrowprops=dict(arrowstyle="-|>", color="#7a8ca3", lw=0.6, alpha=0.5,
+                                        shrinkA=0, shrinkB=0, connectionstyle="arc3,rad=0.06"))
     palette = ["#e8f1fb", "#e9f7ef", "#fff4e0", "#fbeaea", "#f1ebfa", "#eaf6f6", "#f7f7e4", "#eeeeee"]
     for n, (x, y) in pos.items():
         package = (PACKAGE / n).is_dir()
-        ax.text(x, y, n + ("/" if package else ""), ha="center", va="center", fontsize=9,
+        ax.text(x, y, n + ("/" if package else ""), ha="center", va="center", fontsize=10,
                 fontweight="bold" if package else "normal",
                 bbox=dict(boxstyle="round,pad=0.3", fc=palette[depth[n] % len(palette)], ec="#4a5a70", lw=0.8))
-    ax.set_xlim(-1.0, (len(columns) - 1) * 2.2 + 1.0)
-    ax.set_ylim(-(tallest - 1) / 2 - 0.8, (tallest - 1) / 2 + 0.8)
+    ax.set_xlim(-(widest - 1) / 2 - 0.7, (widest - 1) / 2 + 0.7)
+    ax.set_ylim(-0.5, len(columns) - 0.5)
     ax.set_axis_off()
-    ax.set_title("ncsn modules: an arrow A → B means A imports B; columns by dependency depth", fontsize=10)
+    ax.set_title("ncsn modules: an arrow A → B means A imports B; rows by dependency depth", fontsize=11)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format=out.suffix[1:], **({"metadata": {"Date": None}} if out.suffix == ".svg" else {"dpi": 110}))
