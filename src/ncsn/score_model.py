@@ -103,6 +103,7 @@ class ScoreModel(nn.Module):
 
     @property
     def num_scales(self) -> int:
+        """The number of levels L on the ladder."""
         return len(self.sigmas)
 
     def levels_of(self, sigma: torch.Tensor) -> torch.Tensor:
@@ -110,6 +111,7 @@ class ScoreModel(nn.Module):
         return ladder_levels(self.sigmas, sigma)
 
     def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """The score s(x, sigma); sigma is a float or a float32 (N,) tensor, one level per example."""
         sigma = _per_example(sigma, x)
         if self.preconditioning == "edm":
             raw = self._edm_raw(x, sigma)

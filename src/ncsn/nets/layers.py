@@ -41,6 +41,7 @@ class CondInstanceNormPlusPlus(nn.Module):
             self.embed.weight[:, 2 * num_features :].zero_()
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, activation: bool = False) -> torch.Tensor:
+        """Normalise x with the parameters of levels y; ``activation`` applies the ELU in the same pass."""
         gamma, alpha, beta = self.embed(y).chunk(3, dim=-1)
         return cond_instance_norm(x, gamma, alpha, beta, activation)
 
@@ -60,6 +61,7 @@ class InstanceNormPlusPlus(nn.Module):
         self.beta = nn.Parameter(torch.zeros(num_features))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, activation: bool = False) -> torch.Tensor:
+        """Normalise x (``y`` is ignored: one signature for both norms); ``activation`` applies the ELU too."""
         n = x.shape[0]
         gamma, alpha, beta = (p.expand(n, -1) for p in (self.gamma, self.alpha, self.beta))
         return cond_instance_norm(x, gamma, alpha, beta, activation)

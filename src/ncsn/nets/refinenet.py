@@ -103,4 +103,5 @@ class CondRefineNetDilated(RefineNet):
         self.num_classes = num_classes
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Raw scores for images x in [0, 1] at level indices y (int64, one per example)."""
         return self.features(x, y)
