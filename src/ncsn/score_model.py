@@ -52,7 +52,10 @@ class ScoreModel(nn.Module):
     ``forward(x, sigma)`` is the score function losses and samplers call (sigma: float32, shape (N,)).
     ``at_levels(x, labels)`` is the same score at ladder positions, for code that speaks level indices.
     ``scale_by_sigma`` (NCSNv2's s = f(x)/sigma) is implied by an unconditional network and optional for v1.
+    A network whose weights are not float32 (bf16, say) gets x in its own dtype and answers in x's.
     """
+
+    conditioning = "sigma"  # what forward's second argument is, whatever the inner network takes (ncsn.runtime)
 
     def __init__(self, net: nn.Module, sigmas: torch.Tensor, scale_by_sigma: bool = False):
         super().__init__()
@@ -62,6 +65,15 @@ class ScoreModel(nn.Module):
         if not self.level_conditioned and not scale_by_sigma:
             raise ValueError(f"{type(net).__name__} is unconditional: it needs scale_by_sigma=True (s = f(x)/sigma)")
         self.scale_by_sigma = scale_by_sigma
+
+    def _apply(self, fn, recurse=True):
+        """``.to(torch.bfloat16)`` and the like cast the network; the ladder keeps its float32 values (samplers
+        compute in them, and a v1 network's levels are found by them)."""
+        ladder = self.sigmas
+        super()._apply(fn, recurse)
+        if self.sigmas.dtype != ladder.dtype:
+            self.sigmas = ladder.to(self.sigmas.device)
+        return self
 
     @property
     def num_scales(self) -> int:
@@ -73,7 +85,11 @@ class ScoreModel(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
         sigma = _per_example(sigma, x)
-        out = self.net(x, self.levels_of(sigma)) if self.level_conditioned else self.net(x)
+        dtype = next((p.dtype for p in self.net.parameters() if p.is_floating_point()), x.dtype)
+        inp = x.to(dtype)  # samplers hand float32 x to every network
+        out = self.net(inp, self.levels_of(sigma)) if self.level_conditioned else self.net(inp)
+        if dtype != x.dtype:
+            out = out.to(x.dtype)
         if self.scale_by_sigma:  # divided in float32 whatever the network's precision, then back to its dtype
             out = (out.float() / sigma.view(-1, *([1] * (out.dim() - 1)))).to(out.dtype)
         return out
