@@ -144,6 +144,16 @@ def test_a_corrupt_or_stale_cache_is_measured_again_and_rebuilt(fake_cpu, monkey
     assert problem is None and [e["precision"] for e in entries.values()] == ["bf16"]
 
 
+def test_a_cache_that_cannot_be_written_still_decides_and_says_so(fake_cpu, monkeypatch, model, capsys, tmp_path):
+    fake_cpu("native_bf16")
+    (tmp_path / "a file").write_text("")
+    monkeypatch.setenv("NCSN_CACHE", str(tmp_path / "a file" / "cache"))
+    calls = fake_trial(monkeypatch, {"fp32": 2.0, "bf16": 1.0})
+    assert resolve(RuntimeOptions(), model, "cpu", SHAPE, training=True).precision == "bf16" and len(calls) == 6
+    assert f"; not cached ({tmp_path / 'a file' / 'cache' / 'autotune.json'}: " in capsys.readouterr().err
+    assert resolve(RuntimeOptions(), model, "cpu", SHAPE, training=True).precision == "bf16" and len(calls) == 6
+
+
 def test_an_entry_that_contradicts_its_timings_is_measured_again(fake_cpu, monkeypatch, model, tmp_path):
     fake_cpu("native_bf16")
     key = runtime.trial_key(model, SHAPE, True, False)
