@@ -9,10 +9,45 @@ import tempfile
 import pytest
 import torch
 
+from ncsn import autotune
+
 DATA = pathlib.Path(__file__).parent / "data"
+_SCRATCH = pathlib.Path(tempfile.mkdtemp(prefix="ncsn-test-"))
+atexit.register(shutil.rmtree, _SCRATCH, True)
 # precision "auto" may time and cache a trial on CPUs with native bf16: never in the user's own ~/.cache
-os.environ["NCSN_CACHE"] = tempfile.mkdtemp(prefix="ncsn-test-cache-")
-atexit.register(shutil.rmtree, os.environ["NCSN_CACHE"], True)
+os.environ["NCSN_CACHE"] = str(_SCRATCH / "cache")
+
+# Fake CPUs, as /proc/cpuinfo describes them. What precision "auto" does depends on the CPU's flags, so the suite
+# runs on the AVX2 one wherever it runs (commands in subprocesses too, through $NCSN_CPUINFO), and a test that is
+# about the other branch asks for the native-bf16 one with the ``fake_cpu`` fixture: one verdict on every machine.
+FAKE_CPUS = {
+    "avx2": ("Fake CPU with AVX2", "fpu sse2 avx avx2 fma f16c"),
+    "native_bf16": ("Fake CPU with AVX-512 BF16 and AMX", "fpu sse2 avx avx2 fma avx512f avx512bw avx512_bf16 "
+                                                          "amx_bf16 amx_tile"),
+}
+CPUINFO = {}  # kind -> its fake /proc/cpuinfo
+for _kind, (_model, _flags) in FAKE_CPUS.items():
+    CPUINFO[_kind] = _SCRATCH / f"cpuinfo-{_kind}"
+    CPUINFO[_kind].write_text("".join(f"processor\t: {i}\nmodel name\t: {_model}\nflags\t\t: {_flags}\n\n"
+                                      for i in range(2)))
+os.environ["NCSN_CPUINFO"] = str(CPUINFO["avx2"])
+real_cpu_info = autotune.cpu_info
+
+
+@pytest.fixture(autouse=True)
+def fake_cpu(monkeypatch, tmp_path_factory):
+    """Every test runs on the fake AVX2 CPU (no native bf16: precision "auto" is fp32 without a trial), with its own
+    autotune cache and no precision decided yet; ``fake_cpu("native_bf16")`` moves it to the CPU where auto times a
+    trial. Returns that function."""
+
+    def use(kind: str) -> None:
+        monkeypatch.setenv("NCSN_CPUINFO", str(CPUINFO[kind]))  # for commands run in subprocesses
+        monkeypatch.setattr(autotune, "cpu_info", lambda path=None: real_cpu_info(path or str(CPUINFO[kind])))
+
+    use("avx2")
+    monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path_factory.mktemp("autotune")))
+    monkeypatch.setattr(autotune, "_decided", {})
+    return use
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,7 @@
 """Runtime options (bf16 autocast, torch.compile, channels_last) change speed, never the statistics of the results."""
 
+import copy
+import itertools
 import json
 import math
 
@@ -8,10 +10,23 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from ncsn import CondRefineNetDilated, ModelConfig, ScoreModel, annealed_langevin, build_score_model, geometric_sigmas, uniform_init
+from ncsn import (
+    CondRefineNetDilated,
+    ModelConfig,
+    NCSNv2,
+    ScoreModel,
+    annealed_langevin,
+    autotune,
+    build_score_model,
+    dsm_loss,
+    geometric_sigmas,
+    runtime,
+    uniform_init,
+)
 from ncsn.cli import main
 from ncsn.config import load_config
 from ncsn.data import prepare_batch
+from ncsn.errors import InputError
 from ncsn.generate import generate
 from ncsn.runtime import (
     RuntimeOptions,
@@ -22,6 +37,7 @@ from ncsn.runtime import (
     score_function,
     wants_channels_last,
 )
+from ncsn.samplers import SAMPLERS, SamplerSettings, initial_state, run_sampler
 from ncsn.training import EpochBatches, make_optimizer, train, train_step
 
 SIGMAS = geometric_sigmas(1.0, 0.01, 10)
@@ -102,7 +118,24 @@ def test_channels_last_network_matches_contiguous_outputs_and_gradients():
     assert all((a - b).norm() <= 1e-4 * b.norm() for a, b in zip(grads_cl, grads))  # float32 rounding
 
 
-def test_channels_last_left_to_the_library_is_for_cpu_sampling_of_larger_images():
+def trial_clock(monkeypatch, fp32: float, bf16: float) -> None:
+    """The trial's clock, as if each fp32 iteration took ``fp32`` s and each bf16 one ``bf16`` s (``timed_trial``
+    times them alternately, fp32 first): the network really runs in the trial, and the verdict is fixed."""
+    ticks = itertools.accumulate(itertools.cycle([0.0, fp32, 0.0, bf16]))
+    monkeypatch.setattr(autotune, "perf_counter", lambda: next(ticks))
+
+
+@pytest.mark.parametrize("cpu, seconds, precision", [
+    ("avx2", None, "fp32"),  # precision auto: fp32 at once
+    ("native_bf16", {"fp32": 2.0, "bf16": 3.0}, "fp32"),  # or a trial of the network, either way
+    ("native_bf16", {"fp32": 2.0, "bf16": 1.0}, "bf16"),
+], ids=["avx2", "native bf16, trial picks fp32", "native bf16, trial picks bf16"])
+def test_channels_last_left_to_the_library_is_for_cpu_sampling_of_larger_images(fake_cpu, cpu, seconds, precision,
+                                                                                 tmp_path, monkeypatch):
+    fake_cpu(cpu)
+    monkeypatch.setenv("NCSN_CACHE", str(tmp_path))
+    if seconds:
+        trial_clock(monkeypatch, **seconds)
     auto, off = RuntimeOptions(), RuntimeOptions(channels_last=False)
     assert wants_channels_last(auto, "cpu", 28, training=False) and not wants_channels_last(auto, "cpu", 8, False)
     assert not wants_channels_last(auto, "cpu", 32, training=True) and not wants_channels_last(off, "cpu", 32, False)
@@ -114,7 +147,49 @@ def test_channels_last_left_to_the_library_is_for_cpu_sampling_of_larger_images(
         plain = net(x, y)
         fast = score_function(net, auto, "cpu")(x, y)
     assert net.begin_conv.weight.is_contiguous(memory_format=torch.channels_last)  # settled at the first call
-    assert torch.allclose(fast, plain, atol=1e-5)
+    if seconds:  # a real trial of the raw v1 network (fed level indices) at the sampled shape and layout
+        (key, entry), = json.loads((tmp_path / "autotune.json").read_text())["entries"].items()
+        assert key == runtime.trial_key(net, (2, 1, 16, 16), training=False, channels_last=True)
+        assert (entry["precision"], entry["seconds"]) == (precision, seconds)
+    else:
+        assert not (tmp_path / "autotune.json").exists()
+    assert fast.dtype == (torch.float32 if precision == "fp32" else torch.bfloat16)
+    tolerance = 1e-5 if precision == "fp32" else 0.1  # bf16: the rounding of its activations (here 4 %)
+    assert (fast.float() - plain).norm() <= tolerance * plain.norm()
+
+
+def test_score_function_refuses_a_raw_unconditional_network_in_one_line():
+    with pytest.raises(InputError, match=r"^NCSNv2 is unconditional: net\(x\) is not a score; sample from "
+                                         r"ScoreModel\(net, sigmas, scale_by_sigma=True\)"):
+        score_function(NCSNv2(1, 4), RuntimeOptions(), "cpu")
+    wrapped = score_function(ScoreModel(NCSNv2(1, 4), SIGMAS, scale_by_sigma=True), RuntimeOptions(), "cpu")
+    assert wrapped.conditioning == "sigma" and not wrapped.level_conditioned
+
+
+@pytest.mark.parametrize("arch", ["v1", "v2"])
+def test_a_network_with_bf16_weights_takes_the_samplers_float32_x_and_answers_in_float32(arch, one_thread):
+    torch.manual_seed(0)
+    v1, ladder = arch == "v1", geometric_sigmas(1.0, 0.1, 3)
+    model = ScoreModel(CondRefineNetDilated(1, 4, 3) if v1 else NCSNv2(1, 4), ladder, scale_by_sigma=not v1)
+    low = copy.deepcopy(model).to(torch.bfloat16)
+    assert {p.dtype for p in low.parameters()} == {torch.bfloat16}
+    assert low.sigmas.dtype == torch.float32 and torch.equal(low.sigmas, ladder)  # the ladder stays float32
+    model.load_state_dict(low.state_dict())  # the same (rounded) weights in float32: the reference
+    x, sigma = torch.rand(3, 1, 8, 8), ladder
+    with torch.no_grad():
+        out, ref = low(x, sigma), model(x, sigma)
+    assert out.dtype == torch.float32 and (out - ref).norm() <= 0.1 * ref.norm()  # bf16 activations: 1-4 % off
+    gen = torch.Generator()
+    for name in ("ald", "pc") if v1 else SAMPLERS:  # a v1 network suits the samplers on its ladder
+        settings = SamplerSettings(name, n_steps_each=1, n_steps=None if v1 else 3, rtol=1e-2, atol=1e-2, denoise=True)
+        x0 = initial_state(settings, (2, 1, 8, 8), ladder, generator=gen.manual_seed(1))
+        got, want = (run_sampler(m, x0, ladder, settings, generator=gen.manual_seed(2)) for m in (low, model))
+        assert got.dtype == torch.float32 and (got - want).norm() <= 0.1 * want.norm(), name
+    noise = torch.randn(x.shape)
+    losses = [dsm_loss(m, x, ladder, torch.tensor([0, 1, 2]), noise=noise).mean() for m in (low, model)]
+    assert losses[0].dtype == torch.float32 and losses[0].item() == pytest.approx(losses[1].item(), rel=0.03)
+    losses[0].backward()  # and it trains: float32 losses, gradients in the weights' dtype
+    assert all(p.grad.dtype == torch.bfloat16 and torch.isfinite(p.grad).all() for p in low.parameters())
 
 
 def test_generate_with_channels_last_gives_the_same_samples():
@@ -122,7 +197,8 @@ def test_generate_with_channels_last_gives_the_same_samples():
     net = ScoreModel(CondRefineNetDilated(1, 4, 10), SIGMAS).eval()
     settings = load_config("digits", ["sampling.n_steps_each=2", "sampling.step_lr=2e-5"]).sampling
     plain = generate(net, SIGMAS, 4, (1, 8, 8), settings, seed=3)[1]
-    fast = generate(net, SIGMAS, 4, (1, 8, 8), settings, seed=3, runtime=RuntimeOptions(channels_last=True))[1]
+    fast = generate(net, SIGMAS, 4, (1, 8, 8), settings, seed=3,
+                    runtime=RuntimeOptions(precision="fp32", channels_last=True))[1]
     assert torch.allclose(plain, fast, atol=1e-5)
 
 
@@ -163,10 +239,8 @@ def test_train_and_sample_commands_take_the_options(tmp_path):
     assert bad.exit_code == 2 and "fp16" in bad.output
 
 
-def test_commands_default_to_auto_and_record_what_it_chose(tmp_path, monkeypatch):
-    from ncsn import autotune
-
-    monkeypatch.setattr(autotune, "cpu_info", lambda path=None: ("CPU without bf16", frozenset({"avx2"})))
+def test_commands_default_to_auto_and_record_what_it_chose(tmp_path, fake_cpu):
+    fake_cpu("avx2")
     for command in ("train", "sample", "inpaint", "eval", "demo"):
         help_text = CliRunner().invoke(main, [command, "--help"]).output
         assert "[auto|fp32|bf16]" in help_text and "default: auto" in help_text, command
@@ -181,6 +255,23 @@ def test_commands_default_to_auto_and_record_what_it_chose(tmp_path, monkeypatch
     assert res.exit_code == 0, res.output
     meta = json.loads((out / "sample_config.json").read_text())
     assert (meta["precision"], meta["channels_last"]) == ("fp32", False)  # decided, not "auto"/None: 8x8 is NCHW
+
+
+def test_training_on_a_native_bf16_cpu_times_its_own_network_and_records_the_choice(tmp_path, fake_cpu, monkeypatch,
+                                                                                   unconditional_arch):
+    """The training path's trial (``settle_run``) runs on the run's network as it is called: here an unconditional
+    one, net(x) inside its ScoreModel (a v1 network's training trial: test_autotune.py)."""
+    fake_cpu("native_bf16")
+    monkeypatch.setenv("NCSN_CACHE", str(tmp_path / "cache"))
+    sets = [f"model.arch={unconditional_arch}", "model.scale_by_sigma=true", "model.ngf=4", "training.n_iters=1",
+            "training.batch_size=16", "training.sample_n=4", "sampling.n_steps_each=1", "training.ema=false"]
+    train(load_config("digits", sets), tmp_path / "run", device="cpu", progress=False)
+    record = json.loads((tmp_path / "run" / "runtime.json").read_text())
+    entries = json.loads((tmp_path / "cache" / "autotune.json").read_text())["entries"]
+    (key, entry), = ((k, e) for k, e in entries.items() if k.startswith("train "))
+    assert key.startswith("train TinyUnconditional ") and " 16x1x8x8 nchw " in key  # its network, batch and layout
+    assert (record["precision"], record["requested"]) == (entry["precision"], "auto")
+    assert record["reason"].startswith(f"timed trial ({key})") and record["machine"] == autotune.machine_fingerprint()
 
 
 def test_cudnn_autotuning_is_a_scoped_choice_of_cuda_training(monkeypatch):

@@ -6,7 +6,8 @@ them, whether bf16 wins still depends on the shape (an 8x8 network ran slower in
 first use of a (network, shape) times both precisions and writes the answer to ``autotune.json`` under
 ``$NCSN_CACHE`` (default ``~/.cache/ncsn``). The file is checked on every read: one written by another machine,
 CPU or torch version, or one that does not parse, is rebuilt; an entry whose answer does not follow from its own
-timings is measured again.
+timings is measured again. ``$NCSN_CPUINFO`` names a file read instead of /proc/cpuinfo: it pins the CPU these
+rules see (the test suite runs every branch on any machine with it; a user can rule bf16 out with it).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 
 CACHE_VERSION = 1
 CACHE_ENV = "NCSN_CACHE"
+CPUINFO_ENV = "NCSN_CPUINFO"
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # x86 flags in /proc/cpuinfo
 BF16_MARGIN = 0.9  # bf16 must be at least 10 % faster: it is the lossier path, and a shared machine is noisy
 TRIAL_ITERATIONS = 2  # timed iterations per precision, after one warm-up each
@@ -33,10 +35,14 @@ TRIAL_ITERATIONS = 2  # timed iterations per precision, after one warm-up each
 perf_counter = time.perf_counter  # the trial's clock (tests replace it)
 
 
-@functools.lru_cache(maxsize=4)
-def cpu_info(path: str = "/proc/cpuinfo") -> tuple[str, frozenset[str]]:
-    """(CPU model name, feature flags) from /proc/cpuinfo (x86 "flags", Arm "Features"); no flags where it cannot
-    be read (then bf16 is never picked)."""
+def cpu_info(path: str | None = None) -> tuple[str, frozenset[str]]:
+    """(CPU model name, feature flags) from ``path``, else ``$NCSN_CPUINFO``, else /proc/cpuinfo (x86 "flags", Arm
+    "Features"); no flags where it cannot be read (then bf16 is never picked)."""
+    return _parse_cpuinfo(path or os.environ.get(CPUINFO_ENV) or "/proc/cpuinfo")
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_cpuinfo(path: str) -> tuple[str, frozenset[str]]:
     try:
         text = Path(path).read_text()
     except OSError:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from . import autotune
+from .errors import InputError
 
 PRECISIONS = ("auto", "fp32", "bf16")
 RUN_RECORD = "runtime.json"  # a training run's resolved options, in its folder
@@ -101,8 +102,13 @@ def score_function(model, options: RuntimeOptions, device):
     The score comes back in the network's dtype; the sampler adds it into its float32 chain. What is left to us
     (precision "auto", channels_last None) is settled at the first call, from x's shape (``resolve``). The wrapper
     carries the model's ``level_conditioned`` and ``sigmas``, so samplers that need sigmas off a v1 ladder refuse it
-    up front.
+    up front, and its ``conditioning``: the second argument is passed on as it is (level indices for a raw v1
+    network). A raw unconditional network gives no score without its sigma scaling, and is refused.
     """
+    kind = conditioning(model)
+    if kind == "none":
+        raise InputError(f"{type(model).__name__} is unconditional: net(x) is not a score; sample from "
+                         "ScoreModel(net, sigmas, scale_by_sigma=True), which divides it by sigma")
     state = {}
 
     def score(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -114,6 +120,7 @@ def score_function(model, options: RuntimeOptions, device):
             return state["net"](x.contiguous(memory_format=state["format"]), sigma)
 
     score.level_conditioned = bool(getattr(model, "level_conditioned", False))  # what the samplers check
+    score.conditioning = kind
     score.sigmas = getattr(model, "sigmas", None)
     return score
 
@@ -144,10 +151,36 @@ def trial_key(model, shape, training: bool, channels_last: bool) -> str:
             f"{'x'.join(map(str, shape))} {layout} {torch.get_num_threads()} threads")
 
 
+CONDITIONINGS = ("sigma", "levels", "none")
+
+
+def conditioning(model) -> str:
+    """What a network's second argument is, as it declares it: "sigma" (one float sigma per example: ``ScoreModel``,
+    NCSN++-style networks, score functions), "levels" (one ladder index per example: a raw NCSN v1 network, whose
+    ``level_conditioned`` is True) or "none" (``net(x)`` alone: a raw NCSNv2 network, ``level_conditioned`` False).
+    A ``conditioning`` attribute wins; a callable that is not a module (a score function: there the flag only says
+    which sigmas it knows) or that declares neither takes sigma."""
+    declared = getattr(model, "conditioning", None)
+    if declared is not None:
+        if declared not in CONDITIONINGS:
+            raise ValueError(f"{type(model).__name__}.conditioning must be one of {CONDITIONINGS}, got {declared!r}")
+        return declared
+    if not isinstance(model, nn.Module) or not hasattr(model, "level_conditioned"):
+        return "sigma"
+    return "levels" if model.level_conditioned else "none"
+
+
+def weight_dtype(model) -> torch.dtype:
+    """The floating dtype of a network's weights (float32 for a callable without any)."""
+    params = model.parameters() if isinstance(model, nn.Module) else ()
+    return next((p.dtype for p in params if p.is_floating_point()), torch.float32)
+
+
 def trial_workload(model, device, shape, training: bool, channels_last: bool):
     """``run(precision)``: one iteration of the run's work on a copy of the network (the run's own weights,
     gradients and layout stay untouched): forward + backward of a squared-output loss for training, a no-grad
-    forward for sampling. Inputs come from a private generator, so the global random state is not used."""
+    forward for sampling. The network is called the way it declares (``conditioning``): with ladder sigmas, level
+    indices or x alone. Inputs come from a private generator, so the global random state is not used."""
     net = copy.deepcopy(model) if isinstance(model, nn.Module) else model
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     if isinstance(net, nn.Module):
@@ -155,19 +188,25 @@ def trial_workload(model, device, shape, training: bool, channels_last: bool):
         if channels_last:
             net.to(memory_format=fmt)
     gen = torch.Generator(device=device).manual_seed(0)
-    x = torch.rand(shape, generator=gen, device=device).contiguous(memory_format=fmt)
-    sigmas = getattr(model, "sigmas", None)
-    if sigmas is not None:
-        sigma = sigmas.to(device)[torch.randint(len(sigmas), (shape[0],), generator=gen, device=device)]
+    x = torch.rand(shape, generator=gen, device=device).to(weight_dtype(model)).contiguous(memory_format=fmt)
+    kind, sigmas = conditioning(model), getattr(model, "sigmas", None)
+    if kind == "levels":
+        levels = getattr(model, "num_classes", None) or (len(sigmas) if sigmas is not None else 1)
+        args = (x, torch.randint(levels, (shape[0],), generator=gen, device=device))
+    elif kind == "sigma" and sigmas is not None:  # on the ladder: a level-conditioned wrapper refuses any other
+        args = (x, sigmas.to(device=device, dtype=torch.float32)[
+            torch.randint(len(sigmas), (shape[0],), generator=gen, device=device)])
+    elif kind == "sigma":
+        args = (x, torch.ones(shape[0], device=device))
     else:
-        sigma = torch.ones(shape[0], device=device)
+        args = (x,)
 
     def run(precision: str) -> None:
         with torch.set_grad_enabled(training), autocast(RuntimeOptions(precision=precision), device):
-            out = net(x, sigma)
-        if training:
+            out = net(*args)
+        if training and out.requires_grad:  # a score function without weights has nothing to differentiate
             out.float().square().mean().backward()
-            for p in net.parameters():
+            for p in net.parameters() if isinstance(net, nn.Module) else ():
                 p.grad = None
 
     return run

@@ -85,7 +85,10 @@ class ScoreModel(nn.Module):
     ``forward(x, sigma)`` is the score function losses and samplers call (sigma: float32, shape (N,)).
     ``at_levels(x, labels)`` is the same score at ladder positions, for code that speaks level indices.
     ``scale_by_sigma`` (NCSNv2's s = f(x)/sigma) is implied by an unconditional network and optional for v1.
+    A network whose weights are not float32 (bf16, say) gets x in its own dtype and answers in x's.
     """
+
+    conditioning = "sigma"  # what forward's second argument is, whatever the inner network takes (ncsn.runtime)
 
     def __init__(self, net: nn.Module, sigmas: torch.Tensor, scale_by_sigma: bool = False,
                  preconditioning: str = "none", sigma_data: float = EDM_SIGMA_DATA):
@@ -101,6 +104,15 @@ class ScoreModel(nn.Module):
         self.scale_by_sigma = scale_by_sigma
         self.preconditioning, self.sigma_data = preconditioning, float(sigma_data)
 
+    def _apply(self, fn, recurse=True):
+        """``.to(torch.bfloat16)`` and the like cast the network; the ladder keeps its float32 values (samplers
+        compute in them, and a v1 network's levels are found by them)."""
+        ladder = self.sigmas
+        super()._apply(fn, recurse)
+        if self.sigmas.dtype != ladder.dtype:
+            self.sigmas = ladder.to(self.sigmas.device)
+        return self
+
     @property
     def num_scales(self) -> int:
         """The number of levels L on the ladder."""
@@ -113,21 +125,30 @@ class ScoreModel(nn.Module):
     def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
         """The score s(x, sigma); sigma is a float or a float32 (N,) tensor, one level per example."""
         sigma = _per_example(sigma, x)
+        dtype = self._net_dtype(x)
         if self.preconditioning == "edm":
             raw = self._edm_raw(x, sigma)
-            return edm_score(x, sigma, raw, self.sigma_data).to(raw.dtype)
+            out = edm_score(x, sigma, raw, self.sigma_data).to(raw.dtype)
+            return out.to(x.dtype) if dtype != x.dtype else out
+        inp = x.to(dtype)  # samplers hand float32 x to every network
         if self.level_conditioned:
-            out = self.net(x, self.levels_of(sigma))
+            out = self.net(inp, self.levels_of(sigma))
         else:
-            out = self.net(x, sigma) if self.sigma_conditioned else self.net(x)
+            out = self.net(inp, sigma) if self.sigma_conditioned else self.net(inp)
+        if dtype != x.dtype:
+            out = out.to(x.dtype)
         if self.scale_by_sigma:  # divided in float32 whatever the network's precision, then back to its dtype
             out = (out.float() / sigma.view(-1, *([1] * (out.dim() - 1)))).to(out.dtype)
         return out
 
+    def _net_dtype(self, x: torch.Tensor) -> torch.dtype:
+        """The dtype of the network's weights (x's own for a network without floating-point weights)."""
+        return next((p.dtype for p in self.net.parameters() if p.is_floating_point()), x.dtype)
+
     def _edm_raw(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """F(c_in (x − m), c_noise): the network's output under EDM's preconditioning."""
         _, _, c_in, _ = edm_coefficients(sigma, self.sigma_data)
-        u = c_in.view(-1, *([1] * (x.dim() - 1))) * (x - DATA_MEAN)
+        u = (c_in.view(-1, *([1] * (x.dim() - 1))) * (x - DATA_MEAN)).to(self._net_dtype(x))
         if self.level_conditioned:
             return self.net(u, self.levels_of(sigma))
         if self.sigma_conditioned:

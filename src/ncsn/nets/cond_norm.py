@@ -61,7 +61,8 @@ def _forward(x, gamma, alpha, beta, activation: bool):
     centred, q = _standardised_means(mean)
     bias = gamma * alpha * centred * q + beta
     if x.is_contiguous():
-        out, _, rstd = torch.native_batch_norm(x.view(1, n * c, height, width), gamma.reshape(-1), bias.reshape(-1),
+        weight = gamma.reshape(-1).to(dtype)  # bf16 weights: the kernel takes float32 affine terms, not a mix
+        out, _, rstd = torch.native_batch_norm(x.view(1, n * c, height, width), weight, bias.reshape(-1),
                                                None, None, True, 0.0, EPS)
         out, rstd = out.view(n, c, height, width), rstd.view(n, c).to(dtype)
     else:
