@@ -161,3 +161,26 @@ def test_likelihood_bad_input_is_one_clear_line(v1, v2, tmp_path):
     assert result.exit_code == 1 and "Error: likelihood: float images must lie in [0, 1]" in result.output
     many = run("likelihood", "--workdir", v2, "--device", "cpu", "--n", 100_000)
     assert many.exit_code == 1 and "Error: --n 100000: test has only 297 images" in many.output
+
+
+def test_likelihood_and_inpaint_read_only_the_images_they_use(v1, v2, tmp_path, monkeypatch):
+    """--n and --n-images reach load_split as its limit, so a large (memory-mapped) split is never read whole."""
+    import ncsn.cli.inpaint
+    import ncsn.cli.likelihood
+
+    loaded = []
+
+    def spy(config, split="train", limit=None):
+        images = load_split(config, split, limit=limit)
+        loaded.append(len(images.images))
+        return images
+
+    monkeypatch.setattr(ncsn.cli.likelihood, "load_split", spy)
+    monkeypatch.setattr(ncsn.cli.inpaint, "load_split", spy)
+    result = run("likelihood", "--workdir", v2, "--device", "cpu", "--n", 2, "--rtol", 1e-2, "--atol", 1e-2)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["n"] == 2
+    result = run("inpaint", "--workdir", v1, "--device", "cpu", "--steps-each", 1, "--n-images", 3, "--n-per-image", 1,
+                 "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert loaded == [2, 3]

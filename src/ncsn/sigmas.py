@@ -54,6 +54,14 @@ def ladder_levels(sigmas: torch.Tensor, sigma: torch.Tensor, rtol: float = 1e-4)
     return levels
 
 
+def subsample_index(n: int, max_points: int, seed: int = 0) -> torch.Tensor:
+    """Sorted indices of the points technique 1 compares: all ``n`` up to ``max_points``, else a subsample of that
+    size drawn from ``seed``. Callers holding uint8 or memory-mapped data gather these rows before converting."""
+    if n <= max_points:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_points].sort().values
+
+
 def max_pairwise_distance(
     data: torch.Tensor, max_points: int = 10_000, seed: int = 0, chunk: int = 1024
 ) -> tuple[float, tuple[int, int]]:
@@ -67,9 +75,7 @@ def max_pairwise_distance(
     flat = data.reshape(data.shape[0], -1)
     if flat.shape[0] < 2:
         raise ValueError(f"need at least two points for a pairwise distance, got {flat.shape[0]}")
-    index = torch.arange(flat.shape[0])
-    if flat.shape[0] > max_points:
-        index = torch.randperm(flat.shape[0], generator=torch.Generator().manual_seed(seed))[:max_points].sort().values
+    index = subsample_index(flat.shape[0], max_points, seed)
     points = flat[index].float()
     best, pair = -1.0, (0, 0)
     for start in range(0, len(points), chunk):
