@@ -93,7 +93,10 @@ def noise_plan(images: torch.Tensor | np.ndarray, steps_each: int = 5, sigma_min
     if n < 2:
         raise InputError(f"the noise plan needs at least two training images to measure sigma_1, got {n}")
     index = subsample_index(n, max_points, seed)
-    rows = images[index] if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images[index.numpy()]))
+    if isinstance(images, torch.Tensor):
+        rows = images[index]
+    else:  # a numpy or memory-mapped array: gather the chosen rows only
+        rows = torch.from_numpy(np.ascontiguousarray(images[index.numpy()]))
     x = rows.float() / 255.0 if rows.dtype == torch.uint8 else rows.float()
     sigma_max, (i, j) = max_pairwise_distance(x, max_points=len(x))
     rest = ladder_plan(sigma_max, dim, steps_each, sigma_min, target)
