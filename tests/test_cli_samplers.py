@@ -184,3 +184,21 @@ def test_likelihood_and_inpaint_read_only_the_images_they_use(v1, v2, tmp_path, 
                  "--out", tmp_path)
     assert result.exit_code == 0, result.output
     assert loaded == [2, 3]
+
+
+def test_a_run_whose_config_leaves_denoise_unset_ends_each_sampler_as_its_paper(tmp_path):
+    """Like the v1 presets (no sampling.denoise): ald ends without the Tweedie step (NCSN), pc on its mean."""
+    from ncsn import build_score_model
+    from ncsn.checkpoint import atomic_save, training_state
+    from ncsn.config import load_config
+
+    config = load_config("digits", ["model.ngf=4", "sampling.denoise=null", "sampling.n_steps_each=1"])
+    model = build_score_model(config.model)
+    checkpoint = atomic_save(training_state(1, config, model, torch.optim.Adam(model.parameters())), tmp_path / "c.pt")
+    levels = config.model.num_scales
+    for sampler, denoise, nfe in (("ald", False, levels), ("pc", True, 2 * levels)):
+        result = run("sample", "--checkpoint", checkpoint, "--device", "cpu", "--sampler", sampler, "--n", 2,
+                     "--out", tmp_path / sampler)
+        assert result.exit_code == 0, result.output
+        meta = json.loads((tmp_path / sampler / "sample_config.json").read_text())
+        assert meta["denoise"] is denoise and meta["sampler_settings"]["denoise"] is denoise and meta["nfe"] == nfe

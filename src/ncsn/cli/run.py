@@ -164,7 +164,7 @@ def sample_to_folder(model, config, info, n, seed, out, dist_info, progression=F
     s = config.sampling
     summary = {
         "n": n, "seed": seed, "per_example_seeds": per_example, "weights": info["weights"], "step": info.get("step"),
-        "n_steps_each": s.n_steps_each, "step_lr": s.step_lr, "denoise": s.denoise, "convention": s.convention,
+        "n_steps_each": s.n_steps_each, "step_lr": s.step_lr, "denoise": denoise_for(s), "convention": s.convention,
         "batch_size": s.batch_size, "seconds": seconds, "processes": dist_info.world_size, "compile": runtime.compile,
         "precision": runtime.precision, "channels_last": runtime.channels_last, "sampler": s.sampler,
         "sampler_settings": used_settings(s), **nfe_summary(nfe),
