@@ -185,3 +185,65 @@ def test_slim_snapshot_holds_the_sampling_weights_in_a_quarter_of_the_bytes(tmp_
     with pytest.raises(CheckpointError, match="only the ema weights.*--ema or a full checkpoint"):
         load_score_model(slim, ema=False)
     assert sweep_checkpoints(tmp_path) == [(3, slim)]  # the slim file stands for its step
+
+
+def run_folder_with_steps(run, steps):
+    """A run folder with full checkpoints at ``steps``; step k's raw end_conv bias is filled with k."""
+    config = load_config("digits", TINY + ["training.ema=false"])
+    for step in steps:
+        torch.manual_seed(0)
+        model = build_score_model(config.model)
+        with torch.no_grad():
+            model.net.end_conv.bias.fill_(step)
+        atomic_save(training_state(step, config, model, torch.optim.Adam(model.parameters())),
+                    run / "checkpoints" / f"checkpoint_{step:08d}.pt")
+    return run
+
+
+def bias(model):
+    return float(model.net.end_conv.bias[0].detach())
+
+
+def test_a_run_folder_uses_its_newest_weights_export_or_checkpoint_and_says_which(tmp_path, caplog):
+    import os
+
+    run = run_folder_with_steps(tmp_path / "run", [5, 10])
+    export_slim(run / "checkpoints" / "checkpoint_00000005.pt", run)  # `ncsn export --out RUN` of an older step
+    with caplog.at_level("WARNING", logger="ncsn.checkpoint"):
+        model, _, info = load_score_model(run)
+    assert info["step"] == 10 and bias(model) == 10.0  # not the stale export
+    assert caplog.messages == [f"{run}: using checkpoints/checkpoint_00000010.pt: checkpoints/checkpoint_00000010.pt "
+                               "(step 10) is newer than model.safetensors (exported at step 5)"]
+
+    export_slim(run / "checkpoints" / "checkpoint_00000010.pt", run)  # an export of the latest step wins the tie
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ncsn.checkpoint"):
+        model, _, info = load_score_model(run)
+    assert info["step"] == 10 and bias(model) == 10.0 and "using model.safetensors" in caplog.messages[0]
+    export_slim(run / "checkpoints" / "checkpoint_00000005.pt", run)
+    meta = json.loads((run / "config.json").read_text())
+    meta["step"] = None  # an export that records no step (official weights): the modification times decide
+    (run / "config.json").write_text(json.dumps(meta))
+    newest = run / "checkpoints" / "checkpoint_00000010.pt"
+    os.utime(run / "model.safetensors", (1e9, 1e9))
+    assert bias(load_score_model(run)[0]) == 10.0
+    os.utime(newest, (1e8, 1e8))
+    assert bias(load_score_model(run)[0]) == 5.0
+    assert len(list_checkpoints(run)) == 2 and load_score_model(tmp_path / "run" / "checkpoints" / newest.name)[2]["step"] == 10
+
+
+def test_sample_says_which_weights_of_a_run_folder_it_used(tmp_path, monkeypatch):
+    """Without logging set up (as in a user's shell, unlike under pytest) the choice is one line on stderr."""
+    import logging
+
+    from .conftest import run as cli
+
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # Python's last-resort handler then prints it
+    run = run_folder_with_steps(tmp_path / "run", [5, 10])
+    export_slim(run / "checkpoints" / "checkpoint_00000005.pt", run)
+    result = cli("sample", "--workdir", run, "--device", "cpu", "--n", 1, "--steps-each", 1, "--out", tmp_path / "s")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "s" / "sample_config.json").read_text())["step"] == 10
+    said = [line for line in result.stderr.splitlines() if "model.safetensors" in line]
+    assert said == [f"{run}: using checkpoints/checkpoint_00000010.pt: checkpoints/checkpoint_00000010.pt (step 10) "
+                    "is newer than model.safetensors (exported at step 5)"]

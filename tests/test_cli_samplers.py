@@ -161,3 +161,44 @@ def test_likelihood_bad_input_is_one_clear_line(v1, v2, tmp_path):
     assert result.exit_code == 1 and "Error: likelihood: float images must lie in [0, 1]" in result.output
     many = run("likelihood", "--workdir", v2, "--device", "cpu", "--n", 100_000)
     assert many.exit_code == 1 and "Error: --n 100000: test has only 297 images" in many.output
+
+
+def test_likelihood_and_inpaint_read_only_the_images_they_use(v1, v2, tmp_path, monkeypatch):
+    """--n and --n-images reach load_split as its limit, so a large (memory-mapped) split is never read whole."""
+    import ncsn.cli.inpaint
+    import ncsn.cli.likelihood
+
+    loaded = []
+
+    def spy(config, split="train", limit=None):
+        images = load_split(config, split, limit=limit)
+        loaded.append(len(images.images))
+        return images
+
+    monkeypatch.setattr(ncsn.cli.likelihood, "load_split", spy)
+    monkeypatch.setattr(ncsn.cli.inpaint, "load_split", spy)
+    result = run("likelihood", "--workdir", v2, "--device", "cpu", "--n", 2, "--rtol", 1e-2, "--atol", 1e-2)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["n"] == 2
+    result = run("inpaint", "--workdir", v1, "--device", "cpu", "--steps-each", 1, "--n-images", 3, "--n-per-image", 1,
+                 "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert loaded == [2, 3]
+
+
+def test_a_run_whose_config_leaves_denoise_unset_ends_each_sampler_as_its_paper(tmp_path):
+    """Like the v1 presets (no sampling.denoise): ald ends without the Tweedie step (NCSN), pc on its mean."""
+    from ncsn import build_score_model
+    from ncsn.checkpoint import atomic_save, training_state
+    from ncsn.config import load_config
+
+    config = load_config("digits", ["model.ngf=4", "sampling.denoise=null", "sampling.n_steps_each=1"])
+    model = build_score_model(config.model)
+    checkpoint = atomic_save(training_state(1, config, model, torch.optim.Adam(model.parameters())), tmp_path / "c.pt")
+    levels = config.model.num_scales
+    for sampler, denoise, nfe in (("ald", False, levels), ("pc", True, 2 * levels)):
+        result = run("sample", "--checkpoint", checkpoint, "--device", "cpu", "--sampler", sampler, "--n", 2,
+                     "--out", tmp_path / sampler)
+        assert result.exit_code == 0, result.output
+        meta = json.loads((tmp_path / sampler / "sample_config.json").read_text())
+        assert meta["denoise"] is denoise and meta["sampler_settings"]["denoise"] is denoise and meta["nfe"] == nfe

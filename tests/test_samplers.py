@@ -1,5 +1,6 @@
 """The predictor-corrector, probability-flow ODE and Heun samplers against closed forms and direct implementations."""
 
+import inspect
 import math
 
 import pytest
@@ -18,7 +19,8 @@ from ncsn import (
     uniform_init,
 )
 from ncsn.runtime import RuntimeOptions, score_function
-from ncsn.samplers import Counted, SamplerSettings, expected_nfe, run_sampler, schedule, step_sizes
+from ncsn.samplers import (DENOISE_DEFAULTS, Counted, SamplerSettings, denoise_for, expected_nfe, run_sampler, schedule,
+                           step_sizes, used_settings)
 
 from .conftest import gaussian_score
 
@@ -236,7 +238,7 @@ def test_ode_maps_a_point_by_the_closed_form_within_its_tolerance():
     found = {}
     for tol in (1e-3, 1e-5, 1e-7):
         counted, info = Counted(score), {}
-        out = ode_sampler(counted, x0, torch.tensor([5.0, 0.01]), rtol=tol, atol=tol, info=info)
+        out = ode_sampler(counted, x0, torch.tensor([5.0, 0.01]), rtol=tol, atol=tol, denoise=False, info=info)
         assert info["nfe"] == counted.calls and info["solver_steps"] >= 1
         found[tol] = ((out - exact).abs().max().item(), info["nfe"])
     assert found[1e-3][0] < 2e-3 and found[1e-5][0] < 2e-5 and found[1e-7][0] < 2e-6
@@ -247,8 +249,9 @@ def test_ode_output_points_are_free_and_on_the_path_and_denoise_adds_one_step():
     score = gaussian_score(MU, S, SIGMAS)
     x0 = torch.full((2, 1, 2, 2), MU + 2.0)
     seen, plain, dense = [], {}, {}
-    ode_sampler(score, x0, torch.tensor([5.0, 0.01]), info=plain)
-    ode_sampler(score, x0, geometric_sigmas(5.0, 0.01, 6), info=dense, callback=lambda i, s, x: seen.append((s, x)))
+    ode_sampler(score, x0, torch.tensor([5.0, 0.01]), denoise=False, info=plain)
+    ode_sampler(score, x0, geometric_sigmas(5.0, 0.01, 6), denoise=False, info=dense,
+                callback=lambda i, s, x: seen.append((s, x)))
     assert len(seen) == 5 and dense["nfe"] == plain["nfe"]
     for sigma, x in seen:
         assert torch.allclose(x, flow_map(x0, 5.0, sigma), atol=1e-4)
@@ -267,10 +270,24 @@ def test_every_sampler_keeps_float32_with_a_bf16_score_and_reports_its_nfe(name)
         return exact(x, sigma).to(torch.bfloat16)
 
     settings = SamplerSettings(name, n_steps_each=2, n_steps=4, rtol=1e-3, atol=1e-3, denoise=True)
-    info = {}
-    out = run_sampler(score, torch.rand(3, 1, 4, 4), SIGMAS, settings, generator=gen(0), info=info)
+    info, counted = {}, Counted(score)
+    out = run_sampler(counted, torch.rand(3, 1, 4, 4), SIGMAS, settings, generator=gen(0), info=info)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
-    assert info["nfe"] == (expected_nfe(settings, SIGMAS) or info["nfe"]) and info["nfe"] >= 4
+    check_nfe(info, counted, settings, SIGMAS)
+
+
+def check_nfe(info, counted, settings, ladder):
+    """The reported NFE is the score calls made: expected_nfe's count, or for the adaptive ode (dopri5) the initial
+    evaluation and step-size probe plus 6 per attempted step (at least one attempt per accepted step) and the
+    denoising step."""
+    assert info["nfe"] == counted.calls > 0
+    expected = expected_nfe(settings, ladder)
+    if settings.sampler != "ode":
+        assert info["nfe"] == expected
+        return
+    assert expected is None and settings.ode_method == "dopri5" and info["solver_steps"] >= 1
+    solver = info["nfe"] - 2 - int(denoise_for(settings))
+    assert solver % 6 == 0 and solver >= 6 * info["solver_steps"]
 
 
 def test_run_sampler_is_the_named_sampler_on_the_schedule_from_the_ladder():
@@ -284,7 +301,7 @@ def test_run_sampler_is_the_named_sampler_on_the_schedule_from_the_ladder():
     pc = SamplerSettings("pc", n_steps=25, snr=0.2, corrector_steps=2)
     assert torch.equal(run_sampler(score, x0, SIGMAS, pc, generator=gen(1)),
                        pc_sampler(score, x0, geometric_sigmas(top, bottom, 25), corrector_steps=2, snr=0.2,
-                                  denoise=False, generator=gen(1)))
+                                  generator=gen(1)))  # both end on the mean (denoise: Score-SDE's default)
     assert torch.equal(schedule(SamplerSettings("pc"), SIGMAS), SIGMAS)
     assert expected_nfe(pc, SIGMAS) == 75 and expected_nfe(heun, SIGMAS) == 13
 
@@ -347,9 +364,42 @@ def test_an_ncsnv2_network_runs_every_sampler_and_the_likelihood(one_thread):
                                           num_scales=6)).eval()
     x0 = torch.rand(2, 1, 8, 8, generator=gen(0))
     for name in ("pc", "heun", "ode"):
-        settings, info = SamplerSettings(name, n_steps=3, rtol=1e-2, atol=1e-2), {}
-        out = run_sampler(model, x0, model.sigmas, settings, generator=gen(1), info=info)
-        assert torch.isfinite(out).all() and info["nfe"] == (expected_nfe(settings, model.sigmas) or info["nfe"])
+        settings, info, counted = SamplerSettings(name, n_steps=3, rtol=1e-2, atol=1e-2), {}, Counted(model)
+        out = run_sampler(counted, x0, model.sigmas, settings, generator=gen(1), info=info)
+        assert torch.isfinite(out).all()
+        check_nfe(info, counted, settings, model.sigmas)
     bpd = bits_per_dim(model, torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8), 0.05, 2.0, rtol=1e-2,
                        atol=1e-2, generator=gen(2))
     assert torch.isfinite(bpd).all()
+
+
+@pytest.mark.parametrize("name, function", [("ald", annealed_langevin), ("pc", pc_sampler), ("ode", ode_sampler),
+                                            ("heun", heun_sampler)])
+def test_each_sampler_ends_as_its_paper_by_default_in_the_function_and_the_settings(name, function):
+    """ald: no final step (NCSN); pc: the last mean (Score-SDE); ode: the Tweedie step (Score-SDE); heun: no setting
+    (EDM's schedule ends at sigma = 0). The settings' default runs the function's default."""
+    default = inspect.signature(function).parameters.get("denoise")
+    assert (None if default is None else default.default) == DENOISE_DEFAULTS.get(name)
+    assert denoise_for(SamplerSettings(name)) == bool(DENOISE_DEFAULTS.get(name))
+    score = gaussian_score(MU, S, SIGMAS)
+    x0 = MU + torch.randn(3, 1, 2, 2, generator=gen(0))
+    sigmas = schedule(SamplerSettings(name, n_steps=4), SIGMAS)
+    extra = {"n_steps_each": 2} if name == "ald" else {"rtol": 1e-3, "atol": 1e-3} if name == "ode" else {}
+    direct = function(score, x0, sigmas, **extra, generator=gen(1))
+    via_settings = run_sampler(score, x0, SIGMAS, SamplerSettings(name, n_steps=4, **extra), generator=gen(1))
+    assert torch.equal(direct, via_settings)
+
+
+@pytest.mark.parametrize("preset", ["mnist", "cifar10", "celeba", "fashion_mnist"])
+def test_pc_on_a_v1_preset_ends_on_its_mean_while_ald_keeps_the_papers_noisy_end(preset):
+    from ncsn.config import load_config
+    from ncsn.samplers import settings_from
+
+    sampling = load_config(preset).sampling
+    assert denoise_for(settings_from(sampling)) is False  # ald as NCSN (the pinned v1 samples stay as they were)
+    pc = settings_from(sampling, sampler="pc", corrector="none")
+    assert denoise_for(pc) is True and used_settings(pc)["denoise"] is True
+    score = gaussian_score(MU, S, SIGMAS)
+    x0 = MU + torch.randn(3, 1, 2, 2, generator=gen(0))
+    mean = pc_sampler(score, x0, SIGMAS, corrector="none", denoise=True, generator=gen(1))
+    assert torch.equal(run_sampler(score, x0, SIGMAS, pc, generator=gen(1)), mean)

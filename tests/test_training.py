@@ -289,3 +289,35 @@ def test_edm_training_resumes_bit_identically_and_its_checkpoint_samples_the_sam
     reference.load_state_dict(a["ema"])
     with torch.no_grad():
         assert torch.equal(model(x, sigma), reference(x, sigma))
+
+
+@pytest.mark.parametrize("dequantize", [False, True])
+def test_heldout_loss_follows_dequantize_against_a_closed_form(dequantize):
+    """With s(x~, sigma) = -x~ / sigma^2 the DSM residual is sigma*s + z = -x / sigma: the loss of image x at level
+    sigma is 1/2 ||x||^2 / sigma^2 (anneal power 2), free of the noise, so it shows which x was scored."""
+    images = torch.randint(0, 256, (12, 1, 4, 4), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    sigmas = torch.tensor([1.0, 0.3, 0.05])
+    per_level = training.heldout_loss(lambda x, s: -x / s.view(-1, 1, 1, 1) ** 2, images, sigmas, 2.0, seed=0,
+                                      dequantize=dequantize)
+    x = images.double() / 255
+    levels = torch.arange(12) % 3
+    exact = [float((0.5 * x[levels == i].flatten(1).square().sum(1) / sigmas[i].double() ** 2).mean()) for i in range(3)]
+    if dequantize:  # x*255/256 + U/256 moves each pixel by up to 1/256: the finest level sees it
+        assert per_level[2] != pytest.approx(exact[2], rel=1e-3)
+    else:
+        assert per_level == pytest.approx(exact, rel=1e-5)
+
+
+def test_logged_test_loss_of_a_run_without_dequantisation_is_on_undequantised_images(tmp_path):
+    config = load_config("digits", TINY + ["training.n_iters=5", "data.dequantize=false"])
+    train(config, tmp_path, device="cpu", progress=False)
+    row = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if "test_loss" in line][0]
+    from ncsn.checkpoint import load_score_model
+    from ncsn.data import load_split
+
+    model, _, _ = load_score_model(list_checkpoints(tmp_path)[-1][1], ema=True)
+    test = load_split(config.data, "test", limit=config.training.eval_batch_size).images
+    args = (model, test, model.sigmas, config.training.anneal_power, config.training.seed)
+    plain, dequantised = (training.heldout_loss(*args, dequantize=d) for d in (False, True))
+    assert row["test_loss_per_level"] == pytest.approx(plain, rel=1e-5)
+    assert row["test_loss_per_level"] != pytest.approx(dequantised, rel=1e-5)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import pickle
 import pickletools
@@ -278,16 +279,52 @@ def load_score_model(source: str | Path, ema: bool | None = None, device="cpu", 
     return _to(loaded, device)
 
 
+def _export_step(export: Path) -> int | None:
+    """The training step an export records in its config.json (None when it records none or cannot be read)."""
+    try:
+        step = json.loads(export.with_name("config.json").read_text()).get("step")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) else None
+
+
+def resolve_run_folder(source: Path) -> tuple[Path, str | None]:
+    """The weights a run folder stands for: the newer of its export (``ncsn export --out RUN``) and its latest
+    checkpoint (else snapshot), with a one-line reason when it holds both.
+
+    Newer means a higher training step, or a later modification time where the export records no step; a tie goes
+    to the export. So training on after an export is never shadowed by the stale model.safetensors.
+    """
+    export = source / "model.safetensors"
+    found = list_checkpoints(source) or list_snapshots(source)
+    if not found:
+        if export.is_file():
+            return export, None
+        raise CheckpointError(f"{source}: no checkpoints/checkpoint_*.pt and no model.safetensors here")
+    step, latest = found[-1]
+    if not export.is_file():
+        return latest, None
+    exported = _export_step(export)
+    ckpt = latest.relative_to(source)
+    if exported is not None:
+        newer = step > exported
+        said = (f"{ckpt} (step {step}) is newer than model.safetensors (exported at step {exported})" if newer else
+                f"model.safetensors (exported at step {exported}) is as new as {ckpt} (step {step}) or newer")
+    else:
+        newer = latest.stat().st_mtime > export.stat().st_mtime
+        said = (f"{ckpt} was written after model.safetensors, which records no step" if newer else
+                f"model.safetensors, which records no step, was written after {ckpt}")
+    return (latest if newer else export), f"{source}: using {ckpt if newer else 'model.safetensors'}: {said}"
+
+
 def _resolve(source: Path) -> Path:
-    """A run folder stands for its export, else its latest checkpoint."""
+    """A file stands for itself; a run folder for its newest weights (``resolve_run_folder``), saying which."""
     if not source.is_dir():
         return source
-    if (source / "model.safetensors").is_file():
-        return source / "model.safetensors"
-    latest = latest_checkpoint(source) or next((p for _, p in reversed(list_snapshots(source))), None)
-    if latest is None:
-        raise CheckpointError(f"{source}: no checkpoints/checkpoint_*.pt and no model.safetensors here")
-    return latest
+    path, reason = resolve_run_folder(source)
+    if reason:
+        logging.getLogger(__name__).warning(reason)  # one line on stderr unless the caller configures logging
+    return path
 
 
 def _from_training_state(state, source: Path, ema: bool | None) -> tuple[ScoreModel, RunConfig, dict]:

@@ -9,11 +9,13 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 
 from .errors import InputError
 from .sigmas import (
-    OVERLAP_TARGET, max_pairwise_distance, ncsnv2_num_scales, ncsnv2_overlap, ncsnv2_ratio, ncsnv2_step_criterion, ncsnv2_step_lr,
+    OVERLAP_TARGET, max_pairwise_distance, ncsnv2_num_scales, ncsnv2_overlap, ncsnv2_ratio, ncsnv2_step_criterion,
+    ncsnv2_step_lr, subsample_index,
 )
 
 
@@ -80,11 +82,23 @@ def ladder_plan(sigma_max: float, dim: int, steps_each: int, sigma_min: float = 
     }
 
 
-def noise_plan(images: torch.Tensor, steps_each: int = 5, sigma_min: float = 0.01, target: float = OVERLAP_TARGET,
-               max_points: int = 10_000, seed: int = 0) -> NoisePlan:
-    """The full NCSNv2 plan for training images (uint8 in [0, 255] or float in [0, 1], shape (N, C, H, W))."""
-    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-    dim = math.prod(x.shape[1:])
-    sigma_max, pair = max_pairwise_distance(x, max_points=max_points, seed=seed)
+def noise_plan(images: torch.Tensor | np.ndarray, steps_each: int = 5, sigma_min: float = 0.01,
+               target: float = OVERLAP_TARGET, max_points: int = 10_000, seed: int = 0) -> NoisePlan:
+    """The full NCSNv2 plan for training images (uint8 in [0, 255] or float in [0, 1], shape (N, C, H, W)).
+
+    ``images`` may be a memory-mapped array: only the ``max_points`` compared rows are read and converted to
+    float, so memory stays bounded whatever the dataset's size.
+    """
+    n, dim = len(images), math.prod(images.shape[1:])
+    if n < 2:
+        raise InputError(f"the noise plan needs at least two training images to measure sigma_1, got {n}")
+    index = subsample_index(n, max_points, seed)
+    if isinstance(images, torch.Tensor):
+        rows = images[index]
+    else:  # a numpy or memory-mapped array: gather the chosen rows only
+        rows = torch.from_numpy(np.ascontiguousarray(images[index.numpy()]))
+    x = rows.float() / 255.0 if rows.dtype == torch.uint8 else rows.float()
+    sigma_max, (i, j) = max_pairwise_distance(x, max_points=len(x))
     rest = ladder_plan(sigma_max, dim, steps_each, sigma_min, target)
-    return NoisePlan(dim=dim, n_images=len(x), n_compared=min(len(x), max_points), farthest_pair=pair, **rest)
+    pair = (int(index[i]), int(index[j]))
+    return NoisePlan(dim=dim, n_images=n, n_compared=len(index), farthest_pair=pair, **rest)

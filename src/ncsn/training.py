@@ -172,11 +172,13 @@ class MetricsLog:
 
 
 @torch.no_grad()
-def heldout_loss(score_fn, images: torch.Tensor, sigmas: torch.Tensor, anneal_power: float, seed: int) -> list[float]:
-    """DSM loss of test images per noise level with fixed noise (image i at level i mod L), comparable across steps."""
+def heldout_loss(score_fn, images: torch.Tensor, sigmas: torch.Tensor, anneal_power: float, seed: int, *,
+                 dequantize: bool) -> list[float]:
+    """DSM loss of test images per noise level with fixed noise (image i at level i mod L), comparable across steps;
+    ``dequantize`` follows data.dequantize, as training and `ncsn eval` do."""
     n_levels = len(sigmas)
     gen = _seeded(seed, 2, 0, images.device)
-    x = prepare_batch(images, gen, random_flip=False, dequantize=True)
+    x = prepare_batch(images, gen, random_flip=False, dequantize=dequantize)
     labels = torch.arange(len(x), device=x.device) % n_levels
     noise = torch.randn(x.shape, generator=gen, device=x.device)
     losses = dsm_loss(score_fn, x, sigmas, labels=labels, anneal_power=anneal_power, noise=noise)
@@ -312,7 +314,8 @@ def _loop(config: RunConfig, workdir: Path, info, runtime: RuntimeOptions, progr
             side_work = time.perf_counter()  # held-out loss, checkpoints and grids do not count towards images/s
             if info.is_main and (done % t.eval_every == 0 or done == t.n_iters):
                 sampler_model.eval()
-                per_level = heldout_loss(sampler_model, test_images, sigmas, t.anneal_power, t.seed)
+                per_level = heldout_loss(sampler_model, test_images, sigmas, t.anneal_power, t.seed,
+                                         dequantize=config.data.dequantize)
                 sampler_model.train()
                 log.write({"step": done, "test_loss": sum(per_level) / len(per_level), "test_loss_per_level": per_level})
 

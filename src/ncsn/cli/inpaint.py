@@ -57,7 +57,7 @@ def folder_images(folder: Path, channels: int, size: int, count: int) -> torch.T
 def original_images(source: str, config, count: int) -> torch.Tensor:
     """uint8 (K, C, H, W) originals: the first ``count`` of the model's test or train split, or of a folder."""
     if source in ("test", "train"):
-        images = load_split(config.data, source).images
+        images = load_split(config.data, source, limit=count).images
     elif Path(source).is_dir():
         images = folder_images(Path(source), config.model.in_channels, config.data.image_size, count)
     else:

@@ -21,10 +21,11 @@ from .options import POSITIVE, device_option, finite, user_errors
 from .run import model_source, official_options
 
 
-def likelihood_images(source: str, config) -> torch.Tensor:
-    """uint8 (N, C, H, W) images: the model dataset's test or train split, or a .npz of N x H x W x C images."""
+def likelihood_images(source: str, config, limit: int | None = None) -> torch.Tensor:
+    """uint8 (N, C, H, W) images: the model dataset's test or train split (its first ``limit`` only, read no
+    further), or a .npz of N x H x W x C images."""
     if source in ("test", "train"):
-        return load_split(config.data, source).images
+        return load_split(config.data, source, limit=limit).images
     path = Path(source)
     if path.suffix != ".npz" or not path.is_file():
         raise InputError(f"--images must be test, train or an .npz file of N x H x W x C images; got {source!r}")
@@ -69,7 +70,7 @@ def likelihood_command(workdir, checkpoint, ema, dataset, image_size, source, n,
     model, config, info = load_score_model(model_source(workdir, checkpoint), ema=ema, device=device, dataset=dataset,
                                            image_size=image_size)
     require_any_sigma(model, "the likelihood")
-    images = likelihood_images(source, config)
+    images = likelihood_images(source, config, limit=n)
     if n is not None and len(images) < n:
         raise InputError(f"--n {n}: {source} has only {len(images)} images")
     images = images[:n] if n is not None else images

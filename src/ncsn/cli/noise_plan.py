@@ -8,7 +8,7 @@ import click
 import yaml
 
 from ..config import load_config, to_dict
-from ..data import load_split
+from ..data import read_array
 from ..noise_plan import noise_plan
 from ..sigmas import OVERLAP_TARGET
 from .options import POSITIVE, FiniteFloat, user_errors, write_json
@@ -34,7 +34,7 @@ def noise_plan_command(config_name, overrides, steps_each, sigma_min, target, ma
     config = load_config(config_name, overrides)
     if not sigma_min < 1:
         raise click.BadParameter(f"must be below 1 for images in [0, 1], got {sigma_min}", param_hint="--sigma-min")
-    images = load_split(config.data, "train").images
+    images, _ = read_array(config.data, "train")  # memory-mapped where cached: the plan reads only its subsample
     plan = noise_plan(images, steps_each=steps_each, sigma_min=sigma_min, target=target, max_points=max_points,
                       seed=seed)
     click.echo(f"{config.data.dataset} at {config.data.image_size}px\n{plan.describe()}")

@@ -19,7 +19,7 @@ from ..errors import storage_errors
 from ..generate import generate
 from ..images import save_grid, save_progression
 from ..runtime import PRECISIONS, RuntimeOptions, resolve
-from ..samplers import used_settings
+from ..samplers import denoise_for, used_settings
 from ..resume import resume_config
 from ..training import train
 from .options import POSITIVE, device_option, user_errors, write_json
@@ -90,7 +90,8 @@ def sampling_options(func):
         click.option("--ema/--no-ema", default=None, help="Use EMA weights [default: EMA when the checkpoint has them]."),
         *OFFICIAL_OPTIONS,
         click.option("--denoise/--no-denoise", default=None,
-                     help="End noise-free: ald/ode add the Tweedie step, pc returns its last mean [default: config]."),
+                     help="End noise-free: ald/ode add the Tweedie step, pc returns its last mean [default: config, "
+                          "else off for ald, on for pc and ode]."),
         click.option("--steps-each", type=click.IntRange(min=1), help="Langevin steps per level [default: config]."),
         click.option("--step-lr", type=POSITIVE, help="Step size eps [default: config]."),
         click.option("--batch-size", type=click.IntRange(min=1), help="Chains per batch [default: config]."),
@@ -107,7 +108,7 @@ def resolved_sampling(config, denoise, steps_each, step_lr, batch_size):
     """The config's sampling section with the command's options applied (and validated)."""
     s = config.sampling
     apply_sampler_options(s)
-    s.denoise = s.denoise if denoise is None else denoise
+    s.denoise = denoise_for(s) if denoise is None else denoise  # unset: the sampler's paper default
     s.n_steps_each = steps_each or s.n_steps_each
     s.step_lr = step_lr or s.step_lr
     s.batch_size = batch_size or s.batch_size
@@ -163,7 +164,7 @@ def sample_to_folder(model, config, info, n, seed, out, dist_info, progression=F
     s = config.sampling
     summary = {
         "n": n, "seed": seed, "per_example_seeds": per_example, "weights": info["weights"], "step": info.get("step"),
-        "n_steps_each": s.n_steps_each, "step_lr": s.step_lr, "denoise": s.denoise, "convention": s.convention,
+        "n_steps_each": s.n_steps_each, "step_lr": s.step_lr, "denoise": denoise_for(s), "convention": s.convention,
         "batch_size": s.batch_size, "seconds": seconds, "processes": dist_info.world_size, "compile": runtime.compile,
         "precision": runtime.precision, "channels_last": runtime.channels_last, "sampler": s.sampler,
         "sampler_settings": used_settings(s), **nfe_summary(nfe),

@@ -74,6 +74,35 @@ def download(name: str, root: Path) -> None:
             raise DatasetNotFoundError(f"{root / filename}: checksum mismatch after download (file removed)")
 
 
+def checked_member(member: tarfile.TarInfo, dest: Path) -> tarfile.TarInfo:
+    """``member`` if it is a regular file or folder whose path stays inside ``dest``, with its setuid/setgid/sticky and
+    group/other write bits cleared and no owner to restore; else a TarError naming it (links, devices, absolute
+    paths and ``..`` are refused)."""
+    if not (member.isreg() or member.isdir()):
+        raise tarfile.TarError(f"member {member.name!r} is a link or special file; only files and folders are unpacked")
+    path = Path(member.name)
+    if path.is_absolute() or ".." in path.parts or member.name.startswith(("/", "\\")):
+        raise tarfile.TarError(f"member {member.name!r} would be written outside the target folder")
+    root = dest.resolve()
+    if not (root / path).resolve().is_relative_to(root):
+        raise tarfile.TarError(f"member {member.name!r} would be written outside the target folder")
+    member.mode &= 0o755
+    member.uname = member.gname = ""  # as root, tarfile would otherwise chown to the archive's owner
+    if hasattr(os, "getuid"):
+        member.uid, member.gid = os.getuid(), os.getgid()
+    return member
+
+
+def extract_tar(tar: tarfile.TarFile, dest: Path) -> None:
+    """Unpack a tar into ``dest`` safely: the "data" filter where Python has it (3.10.12+), else every member is
+    checked by ``checked_member`` before anything is written (no filter= argument on older 3.10 releases)."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(dest, filter="data")
+        return
+    members = [checked_member(member, Path(dest)) for member in tar.getmembers()]
+    tar.extractall(dest, members=members)
+
+
 def extract(archive: Path, folder: str) -> Path:
     """Unpack ``archive`` (zip or tar) next to itself and return ``<its folder>/<folder>``, the top folder inside.
 
@@ -92,7 +121,7 @@ def extract(archive: Path, folder: str) -> Path:
                 zf.extractall(tmp)
         else:
             with tarfile.open(archive) as tar:
-                tar.extractall(tmp, filter="data")
+                extract_tar(tar, tmp)
         if not (tmp / folder).is_dir():
             raise DatasetNotFoundError(f"{archive}: no {folder}/ inside the archive")
         try:

@@ -16,11 +16,13 @@ from .langevin import CONVENTIONS, annealed_langevin, langevin_update, step_size
 from .ode import ode_sampler
 from .pc import CORRECTORS, PREDICTORS, pc_sampler
 from .settings import (
+    DENOISE_DEFAULTS,
     INITS,
     SAMPLERS,
     SamplerSettings,
     callback_count,
     check_fits,
+    denoise_for,
     expected_nfe,
     initial_state,
     run_sampler,
@@ -31,8 +33,9 @@ from .settings import (
 )
 
 __all__ = [
-    "CONVENTIONS", "CORRECTORS", "INITS", "PREDICTORS", "SAMPLERS", "Counted", "Generators", "SamplerSettings",
-    "ScoreFn", "annealed_langevin", "callback_count", "check_fits", "expected_nfe", "heun_sampler", "initial_state",
-    "langevin_update", "ode_sampler", "pc_sampler", "per_example_generators", "prior_init", "randn", "run_sampler",
-    "schedule", "settings_from", "step_sizes", "uniform_init", "used_settings", "validate",
+    "CONVENTIONS", "CORRECTORS", "DENOISE_DEFAULTS", "INITS", "PREDICTORS", "SAMPLERS", "Counted", "Generators",
+    "SamplerSettings", "ScoreFn", "annealed_langevin", "callback_count", "check_fits", "denoise_for", "expected_nfe",
+    "heun_sampler", "initial_state", "langevin_update", "ode_sampler", "pc_sampler", "per_example_generators",
+    "prior_init", "randn", "run_sampler", "schedule", "settings_from", "step_sizes", "uniform_init", "used_settings",
+    "validate",
 ]

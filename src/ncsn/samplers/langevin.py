@@ -60,11 +60,12 @@ def annealed_langevin(
     ``score_fn(x, sigma)`` gives the score at noise level ``sigma`` (float32, one per example). ``callback(level,
     step, x)`` sees every step (keep frames there; nothing is hoarded here). ``constraint(x, level, step)`` may edit
     x in place before each level (step = -1) and after every step; inpainting uses it to hold known pixels.
-    ``denoise`` adds the final Tweedie step x + sigma_L^2 * s(x, L). ``info``, if given, receives ``nfe``
-    (L * n_steps_each, plus 1 with ``denoise``). ``s_noise`` scales every step's noise: above 1 it samples each
-    level at temperature s_noise^2 (the stationary spread grows by s_noise), as EDM's S_noise offsets a learned score
-    that pulls too hard toward the training images; 1 is the paper's sampler. Like EDM's S_tmin/S_tmax, ``s_min`` and
-    ``s_max`` confine it to the levels with s_min <= sigma_i <= s_max; the others run at 1.
+    ``denoise`` adds the final Tweedie step x + sigma_L^2 * s(x, L) (off by default, as NCSN; NCSNv2 turns it on).
+    ``info``, if given, receives ``nfe`` (L * n_steps_each, plus 1 with ``denoise``). ``s_noise`` scales every
+    step's noise: above 1 it samples each level at temperature s_noise^2 (the stationary spread grows by s_noise), as
+    EDM's S_noise offsets a learned score that pulls too hard toward the training images; 1 is the paper's sampler.
+    Like EDM's S_tmin/S_tmax, ``s_min`` and ``s_max`` confine it to the levels with s_min <= sigma_i <= s_max; the
+    others run at 1.
     """
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")

@@ -71,7 +71,7 @@ def ode_sampler(
     sigmas: torch.Tensor,
     rtol: float = 1e-5,
     atol: float = 1e-5,
-    denoise: bool = False,
+    denoise: bool = True,
     method: str = "dopri5",
     generator: Generators = None,
     callback: Callable[[int, float, torch.Tensor], None] | None = None,
@@ -81,7 +81,8 @@ def ode_sampler(
 
     Deterministic (``generator`` is unused; it is taken for a uniform sampler signature). Intermediate sigmas of the
     schedule are only output points: ``callback(i, sigma_i, x_i)`` sees the solution there (dense output, no extra
-    evaluations). ``denoise`` adds the Tweedie step at sigmas[-1]. ``info`` receives ``nfe`` and ``solver_steps``.
+    evaluations). ``denoise`` (on by default, as Score-SDE's noise_removal) adds the Tweedie step at sigmas[-1].
+    ``info`` receives ``nfe`` and ``solver_steps``.
     """
     require_any_sigma(score_fn, "the ode sampler")
     check_schedule(sigmas, "ode sigmas", min_len=2)

@@ -10,8 +10,9 @@ moves at sigma_i, then one predictor move from sigma_i to sigma_{i+1}:
 - corrector ``langevin``: Langevin with step 2 (snr ||z|| / ||s||)^2, ``ald``: annealed Langevin's step 2 (snr s_i)^2.
   Corrector-only with ``ald`` and snr = sqrt(eps / (2 sigma_L^2)) is ``annealed_langevin`` (alpha_i = eps (s_i/s_L)^2).
 
-``denoise`` returns the noise-free mean of the last move (Score-SDE's default). The Langevin corrector's norms are
-per example (Score-SDE averages them over the batch), so a sample does not depend on the rest of its batch.
+``denoise`` (on by default) returns the noise-free mean of the last move, as Score-SDE's noise_removal does. The
+Langevin corrector's norms are per example (Score-SDE averages them over the batch), so a sample does not depend on
+the rest of its batch.
 """
 
 from __future__ import annotations

@@ -37,16 +37,23 @@ USED = {  # the settings each sampler reads (recorded in JSON outputs)
 }
 
 
+# Each sampler's end when ``denoise`` is None, as its paper samples: ald as NCSN (no final step; NCSNv2 adds the
+# Tweedie step, so the v2 presets set denoise: true), pc and ode as Score-SDE (noise_removal: pc returns the last
+# move's mean, ode adds the Tweedie step). heun has no such setting: EDM's schedule itself ends at sigma = 0.
+DENOISE_DEFAULTS = {"ald": False, "pc": True, "ode": True}
+
+
 @dataclass
 class SamplerSettings:
     """Every sampler's settings; each sampler reads its own (``USED``). ``n_steps`` None: pc runs on the model's own
     ladder and heun takes 18 steps. ``s_max`` None: no upper bound on churn (heun) or on s_noise (ald). ``init``
-    auto: Uniform[0, 1] for ald (the reference), the VE prior N(0, sigma_max^2 I) for the others (Score-SDE, EDM)."""
+    auto: Uniform[0, 1] for ald (the reference), the VE prior N(0, sigma_max^2 I) for the others (Score-SDE, EDM).
+    ``denoise`` None: the sampler's paper default (``DENOISE_DEFAULTS``: off for ald, on for pc and ode)."""
 
     sampler: str = "ald"
     n_steps_each: int = 100
     step_lr: float = 2e-5
-    denoise: bool = False
+    denoise: bool | None = None
     convention: str = "code"
     n_steps: int | None = None
     predictor: str = "reverse_diffusion"
@@ -100,9 +107,16 @@ def validate(s) -> None:
         raise InputError(f"sampling.{key}: {message}")
 
 
+def denoise_for(s) -> bool:
+    """Whether the sampler ``s`` names ends noise-free: its denoise setting, else its paper's default (False for
+    heun, which has no final step to add)."""
+    return s.denoise if s.denoise is not None else DENOISE_DEFAULTS.get(s.sampler, False)
+
+
 def used_settings(s) -> dict:
-    """The settings the chosen sampler reads, as a plain dict (for JSON records)."""
-    return {"sampler": s.sampler, **{key: getattr(s, key) for key in USED[s.sampler]}}
+    """The settings the chosen sampler reads, as a plain dict (for JSON records; denoise as resolved)."""
+    return {"sampler": s.sampler, **{key: denoise_for(s) if key == "denoise" else getattr(s, key)
+                                     for key in USED[s.sampler]}}
 
 
 def schedule(s, ladder: torch.Tensor, frames: bool = False) -> torch.Tensor:
@@ -132,7 +146,7 @@ def check_fits(score_fn, s, ladder: torch.Tensor) -> None:
 def expected_nfe(s, ladder: torch.Tensor) -> int | None:
     """Network evaluations per chain, known ahead for every sampler but the adaptive ode (None)."""
     if s.sampler == "ald":
-        return len(ladder) * s.n_steps_each + int(s.denoise)
+        return len(ladder) * s.n_steps_each + int(denoise_for(s))
     if s.sampler == "pc":
         levels = len(ladder) if s.n_steps is None else s.n_steps
         corrector = 0 if s.corrector == "none" else s.corrector_steps
@@ -188,17 +202,18 @@ def run_sampler(
         def step_callback(i, sigma, x):
             callback(i + (s.sampler != "ode"), total, x)
     found: dict = {}
+    denoise = denoise_for(s)
     s_max = math.inf if s.s_max is None else s.s_max  # None: no upper bound (ald's s_noise, heun's churn)
     if s.sampler == "ald":
-        x = annealed_langevin(score_fn, x, sigmas, s.n_steps_each, s.step_lr, s.denoise, s.convention, generator,
+        x = annealed_langevin(score_fn, x, sigmas, s.n_steps_each, s.step_lr, denoise, s.convention, generator,
                               step_callback, constraint, found, s.s_noise, s.s_min, s_max)
     elif s.sampler == "pc":
-        x = pc_sampler(score_fn, x, sigmas, s.predictor, s.corrector, s.corrector_steps, s.snr, s.denoise,
+        x = pc_sampler(score_fn, x, sigmas, s.predictor, s.corrector, s.corrector_steps, s.snr, denoise,
                        generator, step_callback, constraint, found)
     elif s.sampler == "heun":
         x = heun_sampler(score_fn, x, sigmas, s.s_churn, s.s_min, s_max, s.s_noise, generator, step_callback, found)
     else:
-        x = ode_sampler(score_fn, x, sigmas, s.rtol, s.atol, s.denoise, s.ode_method, generator, step_callback,
+        x = ode_sampler(score_fn, x, sigmas, s.rtol, s.atol, denoise, s.ode_method, generator, step_callback,
                         found)
     report(info, **found)
     return x
