@@ -1,8 +1,9 @@
 """The training loop: denoising score matching with Adam, held-out loss per level, atomic checkpoints, resuming.
 
 All randomness of step k (batch order, dequantisation, flips, noise levels, noise) is drawn from generators seeded
-by (seed, k) for the whole global batch, and each process takes its slice. So a resumed run repeats exactly what
-an uninterrupted one does, and N processes reproduce one process with the same global batch.
+by (seed, k) for the whole global batch, and each process takes its slice (and reads only its share of the images).
+So a resumed run repeats exactly what an uninterrupted one does, and N processes reproduce one process with the same
+global batch.
 """
 
 from __future__ import annotations
