@@ -3,9 +3,11 @@ orphan temp files cleaned, nothing left behind by a run that fails to start, sli
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +15,14 @@ import torch
 from ncsn import checkpoint as ckpt
 from ncsn import training
 from ncsn.config import load_config
-from ncsn.runfolder import RunFolderLock, read_history
+from ncsn.runfolder import (
+    UNKNOWN_HOST_STALE_S,
+    RunFolderLock,
+    read_history,
+    remove_orphan_temp_files,
+    temp_path,
+    write_config,
+)
 from ncsn.training import RunFolderError, train
 
 from .conftest import run
@@ -153,9 +162,10 @@ def test_temp_files_of_dead_writers_are_removed_when_a_run_resumes(tmp_path):
     gone = subprocess.Popen(["true"])
     gone.wait()
     alive = subprocess.Popen(["sleep", "60"])
+    host = socket.gethostname()
     try:
-        dead_file = tmp_path / "checkpoints" / f".checkpoint_00000010.pt.{gone.pid}.tmp"
-        live_file = tmp_path / "checkpoints" / f".checkpoint_00000010.pt.{alive.pid}.tmp"
+        dead_file = tmp_path / "checkpoints" / f".checkpoint_00000010.pt.{host}-{gone.pid}.tmp"
+        live_file = tmp_path / "checkpoints" / f".checkpoint_00000010.pt.{host}-{alive.pid}.tmp"
         other = tmp_path / "checkpoints" / "notes.tmp"
         for path in (dead_file, live_file, other):
             path.write_bytes(b"partial checkpoint")
@@ -164,6 +174,77 @@ def test_temp_files_of_dead_writers_are_removed_when_a_run_resumes(tmp_path):
     finally:
         alive.kill()
         alive.wait()
+
+
+def test_checkpoint_and_config_writes_stage_under_a_name_that_carries_host_and_pid(tmp_path, monkeypatch):
+    staged = []
+    replace = os.replace
+
+    def spy(src, dst):
+        staged.append(Path(src).name)
+        return replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    ckpt.atomic_save({"step": 1}, tmp_path / "checkpoint_00000001.pt")
+    write_config(tmp_path, load_config("digits"))
+    suffix = f".{socket.gethostname()}-{os.getpid()}.tmp"
+    assert staged == [f".checkpoint_00000001.pt{suffix}", f".config.yaml{suffix}"]
+    assert temp_path(tmp_path / "x.pt") == tmp_path / f".x.pt{suffix}"
+
+
+def test_another_hosts_temp_files_are_kept_and_host_less_ones_only_once_stale(tmp_path):
+    """On a folder shared between hosts, a PID that is dead here may be alive on the other host."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    alive = subprocess.Popen(["sleep", "60"])
+    host = socket.gethostname()
+    names = {
+        "mine, dead": f".checkpoint_00000010.pt.{host}-{gone.pid}.tmp",
+        "mine, alive": f".checkpoint_00000010.pt.{host}-{alive.pid}.tmp",
+        "other host": f".checkpoint_00000010.pt.not-{host}-{gone.pid}.tmp",
+        "other fqdn": f".checkpoint_00000010.pt.{host}.example.org-{gone.pid}.tmp",
+        "host-less, fresh": f".checkpoint_00000010.pt.{gone.pid}.tmp",
+        "host-less, stale": f".checkpoint_00000020.pt.{gone.pid}.tmp",
+        "host-less, stale, alive": f".checkpoint_00000030.pt.{alive.pid}.tmp",
+    }
+    try:
+        for key, name in names.items():
+            (tmp_path / name).write_bytes(b"partial")
+            if "stale" in key:
+                hours_ago = time.time() - 2 * UNKNOWN_HOST_STALE_S
+                os.utime(tmp_path / name, (hours_ago, hours_ago))
+        removed = remove_orphan_temp_files(tmp_path)
+    finally:
+        alive.kill()
+        alive.wait()
+    assert sorted(p.name for p in removed) == sorted([names["mine, dead"], names["host-less, stale"]])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        n for k, n in names.items() if k not in ("mine, dead", "host-less, stale"))
+
+
+def test_the_package_imports_and_locks_run_folders_without_fcntl(tmp_path):
+    """As on Windows: no fcntl module. filelock's lock stands in; a second holder is refused in one line."""
+    script = (
+        "import sys; sys.modules['fcntl'] = None\n"
+        "import ncsn, ncsn.cli\n"
+        "from ncsn.runfolder import RunFolderError, RunFolderLock, fcntl\n"
+        "assert fcntl is None\n"
+        f"folder = {str(tmp_path / 'run')!r}\n"
+        "lock = RunFolderLock(folder).acquire()\n"
+        "try:\n"
+        "    RunFolderLock(folder).acquire()\n"
+        "except RunFolderError as err:\n"
+        "    print(err)\n"
+        "lock.release(discard=True)\n"
+        "again = RunFolderLock(folder).acquire()\n"
+        "again.release()\n"
+        "print('reacquired')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        f"{tmp_path / 'run'} is in use: another ncsn process (its PID is not recorded on this platform) is training "
+        "there; wait for it to end or choose another --workdir", "reacquired"]
 
 
 def test_snapshot_steps_are_kept_slim_beside_the_last_full_checkpoints(tmp_path):

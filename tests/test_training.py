@@ -198,6 +198,9 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     assert worst < 1e-4, worst
     first = json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[0])
     assert first["processes"] == 2
+    alone = json.loads((tmp_path / "one" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["step"] == alone["step"] == 5
+    assert first["loss"] == pytest.approx(alone["loss"], abs=1e-5)  # the global batch's mean loss, not rank 0's
 
 
 def test_shards_split_the_global_batch():

@@ -14,6 +14,7 @@ import os
 import pickle
 import pickletools
 import re
+import socket
 import warnings
 import zipfile
 from pathlib import Path
@@ -41,7 +42,7 @@ def atomic_save(obj, path: str | Path) -> Path:
     A full disk or a read-only folder raises StorageError naming ``path``; the temp file is removed either way.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}-{os.getpid()}.tmp")  # runfolder.temp_path
     with storage_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         try:

@@ -19,7 +19,7 @@ import torch
 
 from .errors import InputError
 from .samplers.common import Counted, Generators, ScoreFn, randn, report, require_any_sigma, uniform_init
-from .samplers.ode import Flow, check_tolerances, probability_flow, solve
+from .samplers.ode import Flow, check_tolerances, log_times, probability_flow, solve
 
 PROBES = ("rademacher", "gaussian")
 BITS_OFFSET = 8.0  # log2(256): a density on [0, 1] to the probability of one of 256 bins
@@ -72,9 +72,9 @@ def log_density(
         return hutchinson_divergence(lambda y: drift(t, y), state[0], probes)
 
     flow = Flow(rhs)
-    log_sigmas = torch.tensor([sigma_min, sigma_max], dtype=torch.float64, device=x.device).log()
     with torch.no_grad():
-        path, delta = solve(flow, (x, x.new_zeros(x.shape[0])), log_sigmas, rtol, atol, method)
+        path, delta = solve(flow, (x, x.new_zeros(x.shape[0])), log_times([sigma_min, sigma_max], x.device), rtol,
+                            atol, method)
     end, dim = path[-1], x[0].numel()
     prior = -0.5 * dim * math.log(2 * math.pi * sigma_max**2) - end.flatten(1).pow(2).sum(dim=1) / (2 * sigma_max**2)
     report(info, nfe=counted.calls, solver_steps=flow.steps)

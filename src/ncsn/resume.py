@@ -3,6 +3,7 @@ make (recorded in resumes.jsonl) and the ones it may not (data, model, seed, bat
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from . import checkpoint as ckpt
@@ -28,7 +29,8 @@ def _resolve_config(config: RunConfig, workdir: Path, resume: bool) -> tuple[dic
             )
         return None, {}
     if not existing:
-        raise RunFolderError(f"--resume: no checkpoint in {workdir / 'checkpoints'} to resume from")
+        shared = " (every rank reads it: several nodes need a shared filesystem)" if _ranks() > 1 else ""
+        raise RunFolderError(f"--resume: no checkpoint in {workdir / 'checkpoints'} to resume from{shared}")
     state = ckpt.load_training_state(existing[-1][1])
     saved = _stored_config(state, existing[-1][1])
     saved.data.memory_budget_gb = config.data.memory_budget_gb  # where batches are read from, not what they are
@@ -41,6 +43,10 @@ def _resolve_config(config: RunConfig, workdir: Path, resume: bool) -> tuple[dic
         raise RunFolderError(f"--resume: changing {fixed} would break the bit-identity of the resumed run with an "
                              "uninterrupted one (they fix every random draw); start a new run instead")
     return state, changed
+
+
+def _ranks() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def _stored_config(state: dict, path, overrides=()) -> RunConfig:
@@ -65,7 +71,8 @@ def resume_config(workdir: str | Path, overrides: list[str] | tuple[str, ...] = 
     then ``overrides``; and whether config.yaml disagreed with it (missing, edited, or left by a failed resume)."""
     latest = ckpt.latest_checkpoint(workdir)
     if latest is None:
-        raise RunFolderError(f"--resume: no checkpoint in {Path(workdir) / 'checkpoints'} to resume from")
+        shared = " (every rank reads it: several nodes need a shared filesystem)" if _ranks() > 1 else ""
+        raise RunFolderError(f"--resume: no checkpoint in {Path(workdir) / 'checkpoints'} to resume from{shared}")
     state = ckpt.load_training_state(latest)
     config = _stored_config(state, latest, overrides)
     return config, _config_on_disk(Path(workdir)) != _stored_config(state, latest)

@@ -1,22 +1,43 @@
 """Guards of a run folder: one training process at a time (an OS lock), clean-up of the temp files that killed
-writers leave behind, the run's config.yaml, and the history of what each resume changed (resumes.jsonl)."""
+writers leave behind, the run's config.yaml, and the history of what each resume changed (resumes.jsonl).
+
+What is supported: a run folder is trained in from one host at a time. The lock is ``flock`` on POSIX and filelock's
+OS lock elsewhere (Windows); across hosts it holds only where the filesystem makes flock coherent (local disks,
+NFSv4; not NFSv3 or some parallel filesystems), so never start two trainers on one folder from two hosts. Temp files
+are cleaned only when they are provably orphaned: named for this host and a dead PID, or (older names without a host)
+untouched for an hour, so a writer on another host that shares the folder keeps its file.
+"""
 
 from __future__ import annotations
 
 import datetime
-import fcntl
 import json
 import os
 import re
 import socket
+import time
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: filelock's msvcrt lock, which the OS also drops when the process dies
+    fcntl = None
 
 from .config import RunConfig, to_yaml
 from .errors import NcsnError, storage_errors
 
 LOCK_FILE = ".lock"
 RESUMES_FILE = "resumes.jsonl"
-TEMP_RE = re.compile(r"^\..+\.(\d+)\.tmp$")  # atomic writes: .NAME.PID.tmp
+TEMP_RE = re.compile(r"^\..+\.(\d+)\.tmp$")  # older atomic writes: .NAME.PID.tmp (the host is unknown)
+HOST_TEMP_RE = re.compile(r"^\..+-(\d+)\.tmp$")  # atomic writes: .NAME.HOST-PID.tmp
+UNKNOWN_HOST_STALE_S = 3600.0  # a host-less temp file untouched this long is no write in progress on any host
+
+
+def temp_path(path: str | Path) -> Path:
+    """Where an atomic write of ``path`` stages its bytes: .NAME.HOST-PID.tmp beside it, so that clean-up can tell
+    whose it is (``remove_orphan_temp_files``)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{socket.gethostname()}-{os.getpid()}.tmp")
 
 
 class RunFolderError(NcsnError, RuntimeError):
@@ -37,11 +58,18 @@ class RunFolderLock:
         self.path = self.workdir / LOCK_FILE
         self.created = False
         self._fd: int | None = None
+        self._filelock = None
+
+    def _in_use(self, holder: str) -> RunFolderError:
+        return RunFolderError(f"{self.workdir} is in use: another ncsn process ({holder}) is training there; wait for "
+                              "it to end or choose another --workdir")
 
     def acquire(self) -> RunFolderLock:
         with storage_errors(self.workdir):
             self.created = not self.workdir.exists()
             self.workdir.mkdir(parents=True, exist_ok=True)
+            if fcntl is None:
+                return self._acquire_filelock()
             while True:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
                 try:
@@ -49,10 +77,7 @@ class RunFolderLock:
                 except BlockingIOError:
                     holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
                     os.close(fd)
-                    raise RunFolderError(
-                        f"{self.workdir} is in use: another ncsn process (PID {holder}) is training there; wait for "
-                        "it to end or choose another --workdir"
-                    ) from None
+                    raise self._in_use(f"PID {holder}") from None
                 try:  # the file may have been removed by a releasing holder between our open and our lock
                     same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
                 except FileNotFoundError:
@@ -65,14 +90,31 @@ class RunFolderLock:
         self._fd = fd
         return self
 
+    def _acquire_filelock(self) -> RunFolderLock:
+        """Without fcntl: filelock's lock on the same file (the holder is not recorded, its lock owns the file)."""
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(self.path, timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise self._in_use("its PID is not recorded on this platform") from None
+        self._filelock = lock
+        return self
+
     def release(self, discard: bool = False) -> None:
-        if self._fd is None:
+        if self._fd is None and self._filelock is None:
             return
-        if discard and self.created and {p.name for p in self.workdir.iterdir()} <= {LOCK_FILE}:
+        empty = discard and self.created and {p.name for p in self.workdir.iterdir()} <= {LOCK_FILE}
+        if self._filelock is not None:
+            self._filelock.release()
+            self._filelock = None
+        if empty:
             self.path.unlink(missing_ok=True)
             self.workdir.rmdir()
-        os.close(self._fd)  # closing the descriptor releases the lock
-        self._fd = None
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the lock
+            self._fd = None
 
 
 def _alive(pid: int) -> bool:
@@ -87,16 +129,32 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _orphaned(path: Path, now: float) -> bool:
+    """Whether ``path`` is a temp file whose writer is surely gone: one of this host's dead PIDs, or a host-less
+    name untouched for UNKNOWN_HOST_STALE_S (its PID may be alive on another host sharing the folder)."""
+    match = HOST_TEMP_RE.match(path.name)
+    if match:
+        pid = int(match.group(1))
+        return path.name.endswith(f".{socket.gethostname()}-{pid}.tmp") and not _alive(pid)
+    match = TEMP_RE.match(path.name)
+    if not match:
+        return False
+    try:
+        untouched = now - path.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    return untouched > UNKNOWN_HOST_STALE_S and not _alive(int(match.group(1)))
+
+
 def remove_orphan_temp_files(workdir: str | Path) -> list[Path]:
-    """Delete the ``.NAME.PID.tmp`` files of writers that no longer run (a kill during a checkpoint write leaves
-    one the size of a checkpoint); returns what was removed. Call it holding the folder's lock."""
-    removed = []
+    """Delete the temp files of writers that no longer run (a kill during a checkpoint write leaves one the size of
+    a checkpoint); returns what was removed. Call it holding the folder's lock. Another host's files are kept."""
+    removed, now = [], time.time()
     for folder in (Path(workdir), Path(workdir) / "checkpoints"):
         if not folder.is_dir():
             continue
         for path in folder.iterdir():
-            match = TEMP_RE.match(path.name)
-            if match and path.is_file() and not _alive(int(match.group(1))):
+            if path.is_file() and _orphaned(path, now):
                 path.unlink(missing_ok=True)
                 removed.append(path)
     return removed
@@ -105,7 +163,7 @@ def remove_orphan_temp_files(workdir: str | Path) -> list[Path]:
 def write_config(workdir: str | Path, config: RunConfig) -> Path:
     """config.yaml of the run, written atomically (temp file and rename)."""
     path = Path(workdir) / "config.yaml"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_path(path)
     with storage_errors(path):
         tmp.write_text(to_yaml(config))
         os.replace(tmp, path)

@@ -41,8 +41,8 @@ def karras_sigmas(sigma_max: float, sigma_min: float, n: int, rho: float = 7.0, 
         raise ValueError(f"rho must be positive, got {rho}")
     ramp = torch.linspace(0, 1, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    sigmas = (hi + ramp * (lo - hi)) ** rho
-    return append_zero(sigmas.to(device=device, dtype=torch.float32))
+    sigmas = (hi + ramp * (lo - hi)) ** rho  # float64 on the CPU; the device gets float32 (MPS has no float64)
+    return append_zero(sigmas.to(torch.float32).to(device))
 
 
 def append_zero(sigmas: torch.Tensor) -> torch.Tensor:
@@ -55,7 +55,7 @@ def check_schedule(sigmas: torch.Tensor, what: str = "sigma schedule", final_zer
     if not isinstance(sigmas, torch.Tensor) or sigmas.dim() != 1 or len(sigmas) < min_len:
         shape = tuple(sigmas.shape) if isinstance(sigmas, torch.Tensor) else type(sigmas).__name__
         raise ValueError(f"{what}: need a 1-D tensor of at least {min_len} sigmas, got {shape}")
-    values = sigmas.detach().double().cpu()
+    values = sigmas.detach().cpu().double()  # float64 on the CPU: MPS has none
     if not torch.isfinite(values).all():
         raise ValueError(f"{what}: sigmas must be finite, got {values.tolist()}")
     positive = values[:-1] if final_zero else values

@@ -1,8 +1,9 @@
 """The training loop: denoising score matching with Adam, held-out loss per level, atomic checkpoints, resuming.
 
 All randomness of step k (batch order, dequantisation, flips, noise levels, noise) is drawn from generators seeded
-by (seed, k) for the whole global batch, and each process takes its slice. So a resumed run repeats exactly what
-an uninterrupted one does, and N processes reproduce one process with the same global batch.
+by (seed, k) for the whole global batch, and each process takes its slice (and reads only its share of the images).
+So a resumed run repeats exactly what an uninterrupted one does, and N processes reproduce one process with the same
+global batch.
 """
 
 from __future__ import annotations
@@ -74,6 +75,28 @@ class EpochBatches:
             perm = torch.randperm(self.n, generator=_seeded(self.seed, 1, epoch, "cpu"))
             self._epoch, self._perm = epoch, perm.to(self.device)
         return self._perm[offset * self.batch_size : (offset + 1) * self.batch_size]
+
+
+def local_batch(images, indices: torch.Tensor, local: slice, gen: torch.Generator, config: RunConfig,
+                objective: Objective) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """This rank's share of step k's batch: (x, sigma, noise) for the examples ``indices[local]``.
+
+    Only the share's images are read (from disk on the memory-mapped path), so I/O per rank falls with the world
+    size. The random numbers are drawn for the whole global batch from the step's one generator and sliced, the
+    stream of one process, so any number of ranks trains exactly as one process does (and as earlier runs did):
+    drawing is a few microseconds of device time, and per-example streams would change every run's numbers.
+    """
+    d = config.data
+    x = images[indices[local]].float() / 255.0
+    whole = (len(indices), *x.shape[1:])
+    if d.dequantize:  # prepare_batch's arithmetic on the share of its draws
+        x = x * (255.0 / 256.0) + torch.rand(whole, generator=gen, device=x.device)[local] / 256.0
+    if d.random_flip:
+        flip = torch.rand(len(indices), generator=gen, device=x.device)[local] < 0.5
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    sigma = objective.draw_sigma(len(indices), gen, x.device)[local]
+    noise = torch.randn(whole, generator=gen, device=x.device)[local]
+    return x, sigma, noise
 
 
 def make_optimizer(model: torch.nn.Module, t) -> torch.optim.Adam:
@@ -224,27 +247,42 @@ def train(
     data, batch size) has passed; the caller's global random state is left as it was.
     What it leaves to the library is decided once, on the main process, and recorded in ``runtime.json``; a resumed
     run reuses the recorded precision (``ncsn.runtime.settle_run``).
+    Under torchrun a setup error on any rank stops every rank with the same line (``distributed.agree``). Every rank
+    reads the run folder (a resume's checkpoint) itself: training on several nodes needs the folder on a filesystem
+    they all share, and a rank that finds another latest checkpoint than rank 0 stops the run.
     """
     runtime = runtime or RuntimeOptions()
     workdir = Path(workdir)
     info = distributed.setup(device)
-    lock = runfolder.RunFolderLock(workdir).acquire() if info.is_main else None
-    started = False
+    lock, started, failure = None, False, None
     try:
-        state, changed = _resolve_config(config, workdir, resume)
-        model, optimizer, ema, start = _build(config, info.device, runtime, state)
-        check_fits(model, config.sampling, model.sigmas)  # the grids' sampler must suit the network: fail now
-        t = config.training
-        train_images = training_images(config.data, info.device)  # a device tensor, or memory-mapped beyond budget
-        test_images = load_split(config.data, "test", limit=t.eval_batch_size).images.to(info.device)
-        batches = EpochBatches(len(train_images), t.batch_size, t.seed, info.device)
-        local = distributed.shard(t.batch_size, info.rank, info.world_size)
-        shape = (t.batch_size // info.world_size, config.model.in_channels, config.data.image_size,
-                 config.data.image_size)
-        if info.is_main:
-            _start(workdir, config, state, changed)
-            runtime = settle_run(runtime, workdir, state is not None, model, info.device, shape)
-        runtime = distributed.broadcast_from_main(runtime)
+        try:  # every rank sets up, then all agree: one rank's error stops them all with the same line
+            lock = runfolder.RunFolderLock(workdir).acquire() if info.is_main else None
+            state, changed = _resolve_config(config, workdir, resume)
+            model, optimizer, ema, start = _build(config, info.device, runtime, state)
+            check_fits(model, config.sampling, model.sigmas)  # the grids' sampler must suit the network: fail now
+            t = config.training
+            train_images = training_images(config.data, info.device)  # a device tensor, or memory-mapped
+            test_images = load_split(config.data, "test", limit=t.eval_batch_size).images.to(info.device)
+            batches = EpochBatches(len(train_images), t.batch_size, t.seed, info.device)
+            local = distributed.shard(t.batch_size, info.rank, info.world_size)
+            shape = (t.batch_size // info.world_size, config.model.in_channels, config.data.image_size,
+                     config.data.image_size)
+        except Exception as err:
+            failure = err
+        main_start = distributed.agree(failure, payload=None if failure else start)
+        if start != main_start:  # each rank read its own copy of the run folder: a stale one would train apart
+            failure = RunFolderError(
+                f"--resume: this rank found checkpoint step {start} in {workdir}, rank 0 step {main_start}: every "
+                "rank reads the run folder, so training on several nodes needs it on a shared filesystem")
+        distributed.agree(failure)
+        try:
+            if info.is_main:
+                _start(workdir, config, state, changed)
+                runtime = settle_run(runtime, workdir, state is not None, model, info.device, shape)
+        except Exception as err:
+            failure = err
+        runtime = distributed.agree(failure, payload=runtime)
         started, state = True, None
         with cudnn_benchmark(autotunes(info.device)):  # cuDNN's autotuner for the training steps only
             result = _loop(config, workdir, info, runtime, progress, (model, optimizer, ema), start,
@@ -287,11 +325,9 @@ def _loop(config: RunConfig, workdir: Path, info, runtime: RuntimeOptions, progr
     try:
         for step in range(start, t.n_iters):
             gen = _seeded(t.seed, 3, step, info.device)
-            x = prepare_batch(train_images[batches.indices(step)], gen, config.data.random_flip, config.data.dequantize)
-            sigma = objective.draw_sigma(t.batch_size, gen, info.device)
-            noise = torch.randn(x.shape, generator=gen, device=info.device)
+            x, sigma, noise = local_batch(train_images, batches.indices(step), local, gen, config, objective)
             set_lr(optimizer, t, step)  # from the config, so a resume with a changed rate takes it at once
-            loss = train_step(net, model, optimizer, x[local], sigma[local], noise[local], objective, t, ema, runtime)
+            loss = train_step(net, model, optimizer, x, sigma, noise, objective, t, ema, runtime)
             loss_sum += loss
             nonfinite |= ~torch.isfinite(loss)
             loss_steps += 1
@@ -301,7 +337,7 @@ def _loop(config: RunConfig, workdir: Path, info, runtime: RuntimeOptions, progr
 
             if done % t.log_every == 0 or done == t.n_iters:
                 check_finite(done)
-                last_loss = (loss_sum / loss_steps).item()
+                last_loss = distributed.mean(loss_sum / loss_steps).item()  # the global batch's, not rank 0's
                 images_per_s = speed["steps"] * t.batch_size / max(time.perf_counter() - speed["start"], 1e-9)
                 log.write({"step": done, "loss": last_loss, "lr": optimizer.param_groups[0]["lr"],
                            "images_per_s": images_per_s, "processes": info.world_size})
@@ -312,15 +348,19 @@ def _loop(config: RunConfig, workdir: Path, info, runtime: RuntimeOptions, progr
 
             sampler_model = ema.module if ema is not None else model
             side_work = time.perf_counter()  # held-out loss, checkpoints and grids do not count towards images/s
-            if info.is_main and (done % t.eval_every == 0 or done == t.n_iters):
+            evaluates = done % t.eval_every == 0 or done == t.n_iters
+            saves = done % t.checkpoint_every == 0 or done % t.snapshot_every == 0 or done == t.n_iters
+            draws = done % t.sample_every == 0 or done == t.n_iters
+            if saves:
+                check_finite(done)  # a collective: before rank 0 goes off alone
+            if info.is_main and evaluates:
                 sampler_model.eval()
                 per_level = heldout_loss(sampler_model, test_images, sigmas, t.anneal_power, t.seed,
                                          dequantize=config.data.dequantize)
                 sampler_model.train()
                 log.write({"step": done, "test_loss": sum(per_level) / len(per_level), "test_loss_per_level": per_level})
 
-            if done % t.checkpoint_every == 0 or done % t.snapshot_every == 0 or done == t.n_iters:
-                check_finite(done)
+            if saves:
                 if info.is_main:
                     saved = ckpt.atomic_save(
                         ckpt.training_state(done, config, model, optimizer, ema), ckpt.checkpoint_path(workdir, done)
@@ -333,7 +373,7 @@ def _loop(config: RunConfig, workdir: Path, info, runtime: RuntimeOptions, progr
                         config_written = config
                     ckpt.prune_checkpoints(workdir, t.keep_last, t.snapshot_every)
 
-            if info.is_main and (done % t.sample_every == 0 or done == t.n_iters):
+            if info.is_main and draws:
                 sampler_model.eval()
                 with cudnn_benchmark(False):  # sampling keeps cuDNN's fixed choice: same seed, same grid
                     _, images, _ = generate(sampler_model, sigmas, t.sample_n, tuple(x.shape[1:]), config.sampling,
@@ -342,6 +382,8 @@ def _loop(config: RunConfig, workdir: Path, info, runtime: RuntimeOptions, progr
                                                                    channels_last=bool(runtime.channels_last)))
                 sampler_model.train()
                 save_grid(workdir / "samples" / f"step_{done:08d}.png", images)
+            if evaluates or saves or draws:  # the others wait here, not in the next all-reduce (NCCL's watchdog)
+                distributed.wait_for_main("held-out loss, checkpoint and sample grid")
             speed["start"] += time.perf_counter() - side_work
     finally:
         bar.close()

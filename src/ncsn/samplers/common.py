@@ -3,6 +3,8 @@
 A score function is ``score_fn(x, sigma)`` with ``sigma`` a float32 (N,) tensor. A level-conditioned network (NCSN
 v1) exposes ``level_conditioned = True`` and its ``sigmas`` ladder (``ScoreModel`` and the runtime wrapper do); a
 plain callable is taken to accept any sigma > 0, like a sigma-scaled NCSNv2 network.
+A sampler never changes a score in place and never keeps one past the next evaluation: a compiled score (CUDA graphs,
+``--compile`` on a GPU) hands back one output buffer that its next call overwrites.
 """
 
 from __future__ import annotations

@@ -54,7 +54,9 @@ def heun_sampler(
 
     def slope(x: torch.Tensor, at: float) -> torch.Tensor:
         sigma.fill_(at)
-        return score_fn(x, sigma).float().mul_(-at)
+        # a new tensor, never the score's own: a CUDA-graph (compiled) score hands back one buffer that its next call
+        # overwrites, and d must survive the evaluation at the next sigma
+        return score_fn(x, sigma).float() * -at
 
     for i in range(n):
         cur, nxt = levels[i], levels[i + 1]

@@ -17,6 +17,7 @@ from ..schedules import check_schedule
 from .common import Counted, Generators, ScoreFn, report, require_any_sigma, tweedie
 
 METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")
+DEVICES_WITHOUT_FLOAT64 = frozenset({"mps"})
 
 
 def check_tolerances(rtol: float, atol: float, method: str) -> None:
@@ -45,11 +46,24 @@ class Flow:
         self.steps += 1
 
 
+def log_times(sigmas, device) -> torch.Tensor:
+    """The solver's times t = log sigma: computed in float64 on the CPU, then on ``device`` in float64, or in float32
+    on MPS, which has no float64."""
+    values = sigmas.detach().cpu() if isinstance(sigmas, torch.Tensor) else torch.tensor(sigmas)
+    times = values.double().log()
+    no_float64 = torch.device(device).type in DEVICES_WITHOUT_FLOAT64
+    return times.to(torch.float32 if no_float64 else torch.float64).to(device)
+
+
 def solve(flow: Flow, state, log_sigmas: torch.Tensor, rtol: float, atol: float, method: str):
-    """torchdiffeq's odeint through ``log_sigmas`` (in order), the worst example's error controlling the steps."""
+    """torchdiffeq's odeint through ``log_sigmas`` (in order), the worst example's error controlling the steps.
+
+    The solver keeps its step sizes and error ratios in the times' dtype (``log_times``: float64 but on MPS).
+    """
     from torchdiffeq import odeint
 
-    return odeint(flow, state, log_sigmas, rtol=rtol, atol=atol, method=method, options={"norm": worst_example_norm})
+    return odeint(flow, state, log_sigmas, rtol=rtol, atol=atol, method=method,
+                  options={"norm": worst_example_norm, "dtype": log_sigmas.dtype})
 
 
 def probability_flow(score_fn: ScoreFn, like: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -90,8 +104,7 @@ def ode_sampler(
     counted = Counted(score_fn)
     x = x.detach().to(torch.float32)
     flow = Flow(probability_flow(counted, x))
-    log_sigmas = sigmas.detach().to(device=x.device, dtype=torch.float64).log()
-    path = solve(flow, x, log_sigmas, rtol, atol, method)
+    path = solve(flow, x, log_times(sigmas, x.device), rtol, atol, method)
     if callback is not None:
         for i in range(1, len(sigmas)):
             callback(i, float(sigmas[i]), path[i])
