@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import pickle
 import pickletools
 import re
@@ -20,7 +19,8 @@ from pathlib import Path
 import torch
 
 from .config import ConfigError, RunConfig, from_dict, to_dict
-from .errors import NcsnError, storage_errors
+from .errors import NcsnError
+from .io import save_safetensors, save_torch, write_json
 from .score_model import ScoreModel, build_score_model
 
 FORMAT = "ncsn-checkpoint-1"
@@ -35,23 +35,9 @@ class CheckpointError(NcsnError, ValueError):
 
 
 def atomic_save(obj, path: str | Path) -> Path:
-    """torch.save to a temp file in the same folder, fsync, then rename over ``path``.
-
-    A full disk or a read-only folder raises StorageError naming ``path``; the temp file is removed either way.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with storage_errors(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with open(tmp, "wb") as fh:
-                torch.save(obj, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-    return path
+    """torch.save through ``ncsn.io`` (temp file, fsync, rename, folder fsync; a full disk is a StorageError naming
+    ``path``, and the temp file is removed either way)."""
+    return save_torch(obj, path)
 
 
 def _pickle_imports(data: bytes) -> list[str] | None:
@@ -226,18 +212,12 @@ def export_slim(source: str | Path, out_dir: str | Path, ema: bool | None = None
 
     An official checkpoint needs ``dataset`` (and ``image_size`` where ambiguous); the export then records them.
     """
-    from safetensors.torch import save_file
-
     model, config, info = load_score_model(source, ema=ema, dataset=dataset, image_size=image_size)
     out = Path(out_dir)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = out / ".model.safetensors.tmp"
     meta = {"format": EXPORT_FORMAT, "weights": info["weights"], "step": info.get("step"), "config": to_dict(config)}
-    with storage_errors(out):
-        out.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(tmp), metadata={"format": EXPORT_FORMAT})
-        os.replace(tmp, out / "model.safetensors")
-        (out / "config.json").write_text(json.dumps(meta, indent=2))
+    save_safetensors(out / "model.safetensors", tensors, metadata={"format": EXPORT_FORMAT})
+    write_json(out / "config.json", meta)
     return out
 
 

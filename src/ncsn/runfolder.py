@@ -13,10 +13,11 @@ from pathlib import Path
 
 from .config import RunConfig, to_yaml
 from .errors import NcsnError, storage_errors
+from .io import write_text
 
 LOCK_FILE = ".lock"
 RESUMES_FILE = "resumes.jsonl"
-TEMP_RE = re.compile(r"^\..+\.(\d+)\.tmp$")  # atomic writes: .NAME.PID.tmp
+TEMP_RE = re.compile(r"^\..+\.(\d+)\.tmp$")  # atomic writes (ncsn.io): .NAME.TOKEN.PID.tmp
 
 
 class RunFolderError(NcsnError, RuntimeError):
@@ -104,12 +105,7 @@ def remove_orphan_temp_files(workdir: str | Path) -> list[Path]:
 
 def write_config(workdir: str | Path, config: RunConfig) -> Path:
     """config.yaml of the run, written atomically (temp file and rename)."""
-    path = Path(workdir) / "config.yaml"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with storage_errors(path):
-        tmp.write_text(to_yaml(config))
-        os.replace(tmp, path)
-    return path
+    return write_text(Path(workdir) / "config.yaml", to_yaml(config))
 
 
 def record(workdir: str | Path, event: str, step: int, **fields) -> None:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from . import autotune
+from .io import write_json
 
 PRECISIONS = ("auto", "fp32", "bf16")
 RUN_RECORD = "runtime.json"  # a training run's resolved options, in its folder
@@ -254,5 +255,5 @@ def settle_run(options: RuntimeOptions, workdir, resuming: bool, model, device, 
     record = {"precision": resolved.precision, "requested": requested, "reason": reason,
               "channels_last": bool(resolved.channels_last), "compile": resolved.compile, "device": str(device),
               "machine": autotune.machine_fingerprint()}
-    autotune.atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    write_json(path, record)
     return resolved

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import commit, discard, open_temp
 from .catalog import cache_dir
 
 FORMAT_VERSION = 1
@@ -109,24 +110,6 @@ def _npy_header(shape: tuple[int, ...]) -> bytes:
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode("latin1")
 
 
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = temporary_name(path)
-    try:
-        tmp.write_text(json.dumps(payload, indent=1))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 class NpyWriter:
     """Appends uint8 rows of one shape to a temporary .npy; ``commit`` fixes the row count and renames it into place.
 
@@ -137,8 +120,7 @@ class NpyWriter:
         self.path, self.row_shape, self.rows, self.committed = Path(path), tuple(row_shape), 0, False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale(self.path)
-        self.tmp = temporary_name(self.path)
-        self._fh = open(self.tmp, "wb")  # noqa: SIM115 - closed by commit or abort
+        self._fh, self.tmp = open_temp(self.path)  # closed by commit or abort
         try:
             self._fh.write(_npy_header((0, *self.row_shape)))
         except OSError:
@@ -154,18 +136,12 @@ class NpyWriter:
     def commit(self) -> Path:
         self._fh.seek(0)
         self._fh.write(_npy_header((self.rows, *self.row_shape)))
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
-        os.replace(self.tmp, self.path)
+        commit(self._fh, self.tmp, self.path)
         self.committed = True
-        _fsync_dir(self.path.parent)
         return self.path
 
     def abort(self) -> None:
-        with contextlib.suppress(OSError):
-            self._fh.close()
-        self.tmp.unlink(missing_ok=True)
+        discard(self._fh, self.tmp)
 
     def __enter__(self) -> NpyWriter:
         return self

@@ -20,7 +20,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import InputError
-from .cache import NpyWriter, cache_key, file_entries, open_cached, write_json_atomic
+from ..io import write_json
+from .cache import NpyWriter, cache_key, file_entries, open_cached
 from .catalog import DataConfig, DatasetNotFoundError, NeedsWrite, cache_dir, check_channels
 
 RESAMPLE = "bilinear"  # Pillow widens the filter when shrinking, so this is anti-aliased (torchvision's Resize)
@@ -117,7 +118,7 @@ def prepare_files(files: list[Path], path: Path, s: ImageSettings, base: Path, l
         listed = ", ".join(skipped[:MAX_LISTED]) + (f" and {more} more" if more > 0 else "")
         warnings.warn(f"{label}: skipped {len(skipped)} unreadable image file(s) under {base}: {listed}",
                       UnreadableImagesWarning, stacklevel=2)
-    write_json_atomic(path.with_suffix(".json"), {
+    write_json(path.with_suffix(".json"), indent=1, payload={
         "images": len(files) - len(skipped), "files": len(files), "skipped": skipped, "base": str(base),
         "size": s.size, "channels": s.channels, "center_crop": s.crop, "resample": RESAMPLE,
         "seconds": round(time.perf_counter() - start, 3), "pid": os.getpid(),
