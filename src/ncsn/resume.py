@@ -36,7 +36,8 @@ def _resolve_config(config: RunConfig, workdir: Path, resume: bool) -> tuple[dic
         raise RunFolderError(f"--resume: no checkpoint in {workdir / 'checkpoints'} to resume from")
     state = ckpt.load_training_state(existing[-1][1])
     saved = _stored_config(state, existing[-1][1])
-    saved.data.memory_budget_gb = config.data.memory_budget_gb  # where batches are read from, not what they are
+    for key in ("memory_budget_gb", "max_unpacked_gb", "max_unpack_ratio"):  # where and how, not what the data are
+        setattr(saved.data, key, getattr(config.data, key))
     changed = changes(saved, config)
     shown = ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in changed.items() if k.split(".")[0] in ("data", "model"))
     if shown:

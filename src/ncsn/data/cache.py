@@ -24,7 +24,7 @@ import numpy as np
 from ..io import commit, discard, open_temp
 from .catalog import cache_dir
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: 16-bit grey, CMYK and transparency converted with their range (ncsn.data.prepare)
 HEADER_BYTES = 128  # a fixed .npy header, rewritten with the final row count (keeps the data 64-byte aligned)
 
 try:
@@ -73,10 +73,17 @@ def remove_stale(path: Path, suffix: str = "tmp") -> None:
 
 
 def file_entries(base: Path, files: Sequence[Path]) -> list[tuple[str, int, int]]:
-    """(path relative to base, bytes, modification time in ns) of each file: what a cache key is built from."""
+    """(path relative to base, bytes, modification time in ns) of each file: what a cache key is built from.
+
+    A file that cannot be stat'ed (a broken symlink, a symlink loop) counts as size -1: preparation skips it, and
+    the key changes when it becomes readable."""
     out = []
     for path in files:
-        st = path.stat()
+        try:
+            st = path.stat()
+        except OSError:
+            out.append((path.relative_to(base).as_posix(), -1, 0))
+            continue
         out.append((path.relative_to(base).as_posix(), st.st_size, st.st_mtime_ns))
     return out
 
