@@ -176,19 +176,20 @@ def test_paths_below_a_file_are_one_line(trained, tmp_path):
 def test_a_full_disk_and_a_read_only_folder_are_one_line_and_keep_the_last_checkpoint(tmp_path, monkeypatch):
     import errno
 
-    from ncsn import checkpoint, runfolder
+    from ncsn import io as ncsn_io
+    from ncsn import runfolder
 
     workdir = tmp_path / "run"
     train_tiny(workdir, TINY)
     good = sorted((workdir / "checkpoints").iterdir())
-    real_fsync = checkpoint.os.fsync
+    real_fsync = ncsn_io.os.fsync
 
     def full_for_checkpoints(fd):  # the disk fills up while a checkpoint is written (other small files still fit)
         if ".checkpoint_" in os.readlink(f"/proc/self/fd/{fd}"):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_fsync(fd)
 
-    monkeypatch.setattr(checkpoint.os, "fsync", full_for_checkpoints)
+    monkeypatch.setattr(ncsn_io.os, "fsync", full_for_checkpoints)
     result = run("train", "--workdir", workdir, "--resume", "--device", "cpu", "--no-progress",
                  "--set=training.n_iters=6")
     assert result.exit_code == 1 and handled(result), result.output

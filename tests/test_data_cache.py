@@ -71,7 +71,7 @@ def test_writer_round_trips_and_shrinks_to_the_rows_written(tmp_path):
 def test_disk_full_while_preparing_leaves_no_cache_and_the_next_run_rebuilds(tmp_path, monkeypatch):
     write_images(tmp_path / "imgs", 600)  # three chunks: the disk fills up in the second
     cfg = DataConfig(dataset="folder", root=str(tmp_path / "imgs"), image_size=8)
-    real_open = open
+    real_open_temp = cache_module.open_temp
 
     class FullDisk:
         def __init__(self, fh):
@@ -86,11 +86,11 @@ def test_disk_full_while_preparing_leaves_no_cache_and_the_next_run_rebuilds(tmp
         def __getattr__(self, name):
             return getattr(self.fh, name)
 
-    def full_disk_open(path, mode="r", *args, **kwargs):
-        fh = real_open(path, mode, *args, **kwargs)
-        return FullDisk(fh) if "w" in mode else fh
+    def full_disk_open_temp(path):
+        fh, tmp = real_open_temp(path)
+        return FullDisk(fh), tmp
 
-    monkeypatch.setattr(cache_module, "open", full_disk_open, raising=False)
+    monkeypatch.setattr(cache_module, "open_temp", full_disk_open_temp)
     with pytest.raises(OSError, match="No space left"):
         load_split(cfg)
     assert cache_files(tmp_path) == []  # no half cache, no temporary file

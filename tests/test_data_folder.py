@@ -31,8 +31,12 @@ def write_images(folder, n, shape=(12, 10, 3), seed=0, suffixes=(".png", ".jpg",
 
 
 def pil_pixels(path, size, mode, crop=None):
-    """The preprocessing written out with Pillow: convert, centre square (crop or the largest), bilinear resize."""
-    img = Image.open(path).convert(mode)
+    """The preprocessing written out with Pillow: transparency on white, convert, centre square (crop or the
+    largest), bilinear resize."""
+    img = Image.open(path)
+    if img.mode == "RGBA":
+        img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img)
+    img = img.convert(mode)
     side = crop or min(img.size)
     left, top = (img.width - side) // 2, (img.height - side) // 2
     img = img.crop((left, top, left + side, top + side)).resize((size, size), Image.BILINEAR)
@@ -163,6 +167,8 @@ def test_bad_folders_fail_with_one_line_naming_the_problem(tmp_path):
     (["data.root=x", "data.test_fraction=0"], "config key 'data.test_fraction': must lie in (0, 1)"),
     (["data.root=x", "data.center_crop=0"], "config key 'data.center_crop': must be >= 1"),
     (["data.root=x", "data.memory_budget_gb=-1"], "config key 'data.memory_budget_gb': must be >= 0"),
+    (["data.root=x", "data.max_unpacked_gb=0"], "config key 'data.max_unpacked_gb': must be > 0"),
+    (["data.root=x", "data.max_unpack_ratio=0.5"], "config key 'data.max_unpack_ratio': must be >= 1"),
 ])
 def test_folder_config_is_validated(overrides, message):
     with pytest.raises(ConfigError) as err:

@@ -18,12 +18,13 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from .io import write_text
 
 CACHE_VERSION = 1
 CACHE_ENV = "NCSN_CACHE"
@@ -110,24 +111,7 @@ def read_cache(path: Path, machine: dict) -> tuple[dict, str | None]:
 
 def write_cache(path: Path, machine: dict, entries: dict) -> None:
     text = json.dumps({"version": CACHE_VERSION, "machine": machine, "entries": entries}, indent=2, sort_keys=True)
-    atomic_write_text(path, text)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a whole file atomically (a temporary file in the same folder, then a rename): readers see the old
-    file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(path, text)
 
 
 def timed_trial(run, iterations: int = TRIAL_ITERATIONS) -> dict:

@@ -7,6 +7,7 @@ name and renamed, so a crash leaves either the old file or the new one, never ha
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -15,6 +16,7 @@ import pickle
 import pickletools
 import re
 import socket
+import struct
 import warnings
 import zipfile
 from pathlib import Path
@@ -22,7 +24,8 @@ from pathlib import Path
 import torch
 
 from .config import ConfigError, RunConfig, from_dict, to_dict
-from .errors import NcsnError, storage_errors
+from .errors import NcsnError
+from .io import save_torch, write_bytes, write_json
 from .score_model import ScoreModel, build_score_model
 
 FORMAT = "ncsn-checkpoint-1"
@@ -37,23 +40,9 @@ class CheckpointError(NcsnError, ValueError):
 
 
 def atomic_save(obj, path: str | Path) -> Path:
-    """torch.save to a temp file in the same folder, fsync, then rename over ``path``.
-
-    A full disk or a read-only folder raises StorageError naming ``path``; the temp file is removed either way.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{socket.gethostname()}-{os.getpid()}.tmp")  # runfolder.temp_path
-    with storage_errors(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with open(tmp, "wb") as fh:
-                torch.save(obj, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-    return path
+    """torch.save through ``ncsn.io`` (temp file, fsync, rename, folder fsync; a full disk is a StorageError naming
+    ``path``, and the temp file is removed either way)."""
+    return save_torch(obj, path)
 
 
 def _pickle_imports(data: bytes) -> list[str] | None:
@@ -97,6 +86,10 @@ def _code_in_file(path: Path) -> list[str]:
     return [n for n in imports or [] if n not in allowed]
 
 
+# What the unpickler raises on bytes that are no pickle at all (a text file: 'h' reads as a memo lookup -> KeyError)
+NOT_A_PICKLE = (KeyError, IndexError, TypeError, AttributeError, struct.error, OverflowError, MemoryError)
+
+
 def safe_load(path: str | Path, map_location="cpu"):
     """torch.load with weights_only=True, turning every failure into one clear CheckpointError.
 
@@ -110,14 +103,15 @@ def safe_load(path: str | Path, map_location="cpu"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # e.g. torch's note on pickle protocols it did not write
             return torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError,
+            *NOT_A_PICKLE) as err:
         code = _code_in_file(path) if isinstance(err, pickle.UnpicklingError | RuntimeError) else []
         if code:
             shown = ", ".join(code[:3]) + (", ..." if len(code) > 3 else "")
             raise CheckpointError(
                 f"{path}: refused: it holds code, not just tensors (loading it would import {shown})"
             ) from None
-        if isinstance(err, pickle.UnpicklingError):
+        if isinstance(err, (pickle.UnpicklingError, *NOT_A_PICKLE)):
             raise CheckpointError(f"{path}: corrupt or truncated checkpoint (not a PyTorch file)") from None
         first = (str(err).splitlines() or [type(err).__name__])[0][:100]
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({first})") from None
@@ -227,24 +221,53 @@ def export_slim(source: str | Path, out_dir: str | Path, ema: bool | None = None
     """Write model.safetensors + config.json (the resolved run config and which weights) for sampling.
 
     An official checkpoint needs ``dataset`` (and ``image_size`` where ambiguous); the export then records them.
+    The pair stays consistent: config.json records the SHA-256 of the weights it belongs to and is written first,
+    the weights last, each atomically; a failed weights write puts the previous config.json back, and a crash in
+    between leaves a pair that loading refuses (the hashes differ) rather than one it would use wrongly.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     model, config, info = load_score_model(source, ema=ema, dataset=dataset, image_size=image_size)
     out = Path(out_dir)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = out / ".model.safetensors.tmp"
-    meta = {"format": EXPORT_FORMAT, "weights": info["weights"], "step": info.get("step"), "config": to_dict(config)}
-    with storage_errors(out):
-        out.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(tmp), metadata={"format": EXPORT_FORMAT})
-        os.replace(tmp, out / "model.safetensors")
-        (out / "config.json").write_text(json.dumps(meta, indent=2))
+    data = save(tensors, metadata={"format": EXPORT_FORMAT})
+    meta = {"format": EXPORT_FORMAT, "weights": info["weights"], "step": info.get("step"),
+            "weights_sha256": hashlib.sha256(data).hexdigest(), "config": to_dict(config)}
+    meta_path = out / "config.json"
+    previous = meta_path.read_bytes() if meta_path.is_file() else None
+    write_json(meta_path, meta)
+    try:
+        write_bytes(out / "model.safetensors", data)
+    except BaseException:
+        if previous is None:
+            meta_path.unlink(missing_ok=True)
+        else:
+            write_bytes(meta_path, previous)
+        raise
     return out
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_finite(state_dict: dict, source, which: str = "weights") -> None:
+    """Refuse weights holding NaN or infinity (they would sample black or white images without an error), naming the
+    first such tensor."""
+    for name, value in state_dict.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(f"{source}: its {which} hold NaN or infinity ({bad} of {value.numel()} values of "
+                                  f"{name!r}); the run diverged or the file is damaged")
+
+
 def _model_from_state(config: RunConfig, state_dict: dict, source) -> ScoreModel:
-    """Build the model the config describes and load weights strictly."""
+    """Build the model the config describes and load weights strictly (finite ones only)."""
+    check_finite(state_dict, source)
     model = build_score_model(config.model)
     try:
         model.load_state_dict(state_dict, strict=True)
@@ -375,6 +398,10 @@ def _load_export(path: Path) -> tuple[ScoreModel, RunConfig, dict]:
         weights = load_file(str(path))
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({err})") from None
+    recorded = meta.get("weights_sha256")  # exports of earlier versions have none
+    if recorded is not None and _sha256(path) != recorded:
+        raise CheckpointError(f"{path}: not the weights {meta_path.name} beside it was written for (an export cut "
+                              "short between its two files); export again")
     model = _model_from_state(config, weights, path)
     return model, config, {"weights": meta.get("weights", "raw"), "step": meta.get("step")}
 

@@ -209,6 +209,8 @@ def _validate_data(d, m) -> None:
            f"applies to image files (folder, celeba), not {d.dataset}")
     _check(0 < d.test_fraction < 1, "data.test_fraction", f"must lie in (0, 1), got {d.test_fraction}")
     _check(d.memory_budget_gb >= 0, "data.memory_budget_gb", f"must be >= 0, got {d.memory_budget_gb}")
+    _check(d.max_unpacked_gb > 0, "data.max_unpacked_gb", f"must be > 0, got {d.max_unpacked_gb}")
+    _check(d.max_unpack_ratio >= 1, "data.max_unpack_ratio", f"must be >= 1, got {d.max_unpack_ratio}")
 
 
 def _validate_objective(t, m) -> None:

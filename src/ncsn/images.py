@@ -1,4 +1,4 @@
-"""Image files: sample grids, annealing progressions (PNG strip and animated GIF)."""
+"""Image files: sample grids, annealing progressions (PNG strip and animated GIF), each written atomically."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .errors import storage_errors
+from .io import save_image
 
 
 def grid_image(images: torch.Tensor, nrow: int | None = None, padding: int = 2, scale: int = 1) -> Image.Image:
@@ -39,10 +39,7 @@ def masked_view(images: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
 def save_grid(path: str | Path, images: torch.Tensor, nrow: int | None = None) -> Path:
     path = Path(path)
     image = grid_image(images, nrow, scale=auto_scale(images.shape[-1]))
-    with storage_errors(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path)
-    return path
+    return save_image(path, image)
 
 
 def save_progression(png_path: str | Path, gif_path: str | Path | None, frames: list[torch.Tensor], nrow=None) -> None:
@@ -54,6 +51,6 @@ def save_progression(png_path: str | Path, gif_path: str | Path | None, frames: 
     for g in grids:
         strip.paste(g, (x, 0))
         x += g.width
-    strip.save(png_path)
+    save_image(png_path, strip)
     if gif_path is not None:
-        grids[0].save(gif_path, save_all=True, append_images=grids[1:], duration=300, loop=0)
+        save_image(gif_path, grids[0], save_all=True, append_images=grids[1:], duration=300, loop=0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, check_finite
 from .config import RunConfig, SamplingConfig
 from .data import DATASETS, DataConfig
 from .score_model import ModelConfig, ScoreModel, build_score_model
@@ -115,6 +115,7 @@ def load_official(state: list, source, ema: bool | None, dataset: str | None,
         sampling = v2_sampling(sigmas)
     config = RunConfig(data=_data_config(source, kind, channels, dataset, image_size), model=model_config,
                        sampling=sampling)
+    check_finite(net_weights, source, "EMA weights" if use_ema else "weights")
     model = build_score_model(model_config)
     try:
         model.net.load_state_dict(net_weights, strict=True)

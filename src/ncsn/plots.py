@@ -10,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from .io import save_figure
+
 DPI = 110
 
 
@@ -31,7 +33,7 @@ def _scatter(ax, points: np.ndarray, half_width: float, title: str) -> None:
 
 def _save(fig, path) -> pathlib.Path:
     path = pathlib.Path(path)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    save_figure(path, fig, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return path
 

@@ -25,19 +25,13 @@ except ImportError:  # Windows: filelock's msvcrt lock, which the OS also drops 
 
 from .config import RunConfig, to_yaml
 from .errors import NcsnError, storage_errors
+from .io import write_text
 
 LOCK_FILE = ".lock"
 RESUMES_FILE = "resumes.jsonl"
 TEMP_RE = re.compile(r"^\..+\.(\d+)\.tmp$")  # older atomic writes: .NAME.PID.tmp (the host is unknown)
-HOST_TEMP_RE = re.compile(r"^\..+-(\d+)\.tmp$")  # atomic writes: .NAME.HOST-PID.tmp
+HOST_TEMP_RE = re.compile(r"^\..+-(\d+)\.tmp$")  # atomic writes (ncsn.io.temp_path): .NAME.TOKEN.HOST-PID.tmp
 UNKNOWN_HOST_STALE_S = 3600.0  # a host-less temp file untouched this long is no write in progress on any host
-
-
-def temp_path(path: str | Path) -> Path:
-    """Where an atomic write of ``path`` stages its bytes: .NAME.HOST-PID.tmp beside it, so that clean-up can tell
-    whose it is (``remove_orphan_temp_files``)."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.{socket.gethostname()}-{os.getpid()}.tmp")
 
 
 class RunFolderError(NcsnError, RuntimeError):
@@ -162,12 +156,7 @@ def remove_orphan_temp_files(workdir: str | Path) -> list[Path]:
 
 def write_config(workdir: str | Path, config: RunConfig) -> Path:
     """config.yaml of the run, written atomically (temp file and rename)."""
-    path = Path(workdir) / "config.yaml"
-    tmp = temp_path(path)
-    with storage_errors(path):
-        tmp.write_text(to_yaml(config))
-        os.replace(tmp, path)
-    return path
+    return write_text(Path(workdir) / "config.yaml", to_yaml(config))
 
 
 def record(workdir: str | Path, event: str, step: int, **fields) -> None:

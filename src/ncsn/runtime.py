@@ -19,6 +19,7 @@ from torch import nn
 
 from . import autotune
 from .errors import InputError
+from .io import write_json
 
 PRECISIONS = ("auto", "fp32", "bf16")
 RUN_RECORD = "runtime.json"  # a training run's resolved options, in its folder
@@ -293,5 +294,5 @@ def settle_run(options: RuntimeOptions, workdir, resuming: bool, model, device, 
     record = {"precision": resolved.precision, "requested": requested, "reason": reason,
               "channels_last": bool(resolved.channels_last), "compile": resolved.compile, "device": str(device),
               "machine": autotune.machine_fingerprint()}
-    autotune.atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    write_json(path, record)
     return resolved

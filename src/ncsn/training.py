@@ -27,7 +27,8 @@ from .generate import generate
 from .images import save_grid
 from .losses import Objective, dsm_loss, objective_for
 from .lr_schedule import set_lr
-from .resume import _config_on_disk, _resolve_config, _start
+from .io import write_text
+from .resume import _config_on_disk, _record_resume, _resolve_config, _start, truncate_metrics
 from .runfolder import RunFolderError  # noqa: F401 (raised by the setup; importers catch it from here)
 from .runtime import RuntimeOptions, autocast, autotunes, cudnn_benchmark, prepare_model, resolve, settle_run
 from .samplers import check_fits
@@ -163,11 +164,10 @@ class MetricsLog:
         self.path, self.enabled, self.writer = workdir / "metrics.jsonl", enabled, None
         if not enabled:
             return
-        if resume_step and self.path.exists():
-            rows = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
-            self.path.write_text("".join(r + "\n" for r in rows))
-        elif not resume_step:
-            self.path.write_text("")
+        if resume_step:
+            truncate_metrics(self.path, resume_step)  # atomic; a torn last line is dropped with a warning
+        else:
+            write_text(self.path, "")
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -280,6 +280,7 @@ def train(
             if info.is_main:
                 _start(workdir, config, state, changed)
                 runtime = settle_run(runtime, workdir, state is not None, model, info.device, shape)
+                _record_resume(workdir, state, changed)  # only a resume whose setup passed leaves a row
         except Exception as err:
             failure = err
         runtime = distributed.agree(failure, payload=runtime)

@@ -16,6 +16,7 @@ from ..data import load_split, resize_uint8, to_uint8_hwc
 from ..errors import InputError, storage_errors
 from ..generate import batch_generator
 from ..images import auto_scale, grid_image, masked_view
+from ..io import save_image, save_npz
 from ..inpainting import MASK_NAMES, inpaint, make_mask, parse_mask_spec, quality
 from ..runtime import score_function
 from ..samplers import callback_count, check_fits, used_settings
@@ -129,12 +130,12 @@ def inpaint_command(workdir, checkpoint, ema, dataset, image_size, denoise, step
     rows = torch.cat([originals[:, None], masked_view(originals, known)[:, None], samples], dim=1)
     with storage_errors(out):
         out.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(
-            out / "inpainting.npz", original=to_uint8_hwc(originals),
+        save_npz(
+            out / "inpainting.npz", compressed=True, original=to_uint8_hwc(originals),
             mask=known.expand(n_images, size, size).to(torch.uint8).numpy(),
             samples=to_uint8_hwc(samples.flatten(0, 1)).reshape(n_images, n_per_image, size, size, -1),
         )
-        grid_image(rows.flatten(0, 1), nrow=n_per_image + 2, scale=auto_scale(size)).save(out / "grid.png")
+        save_image(out / "grid.png", grid_image(rows.flatten(0, 1), nrow=n_per_image + 2, scale=auto_scale(size)))
     s = settings
     report = {
         "mask": mask_spec, "images": source, "n_images": n_images, "n_per_image": n_per_image, "seed": seed,

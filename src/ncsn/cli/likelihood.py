@@ -16,7 +16,8 @@ from ..data import load_split
 from ..generate import batch_generator
 from ..likelihood import PROBES, bits_per_dim
 from ..samplers.common import require_any_sigma
-from ..errors import InputError, storage_errors
+from ..errors import InputError
+from ..io import write_text
 from .options import POSITIVE, device_option, finite, user_errors
 from .run import model_source, official_options
 
@@ -98,7 +99,5 @@ def likelihood_command(workdir, checkpoint, ema, dataset, image_size, source, n,
     }
     text = json.dumps(finite(report), indent=2, allow_nan=False)
     if out:
-        with storage_errors(out):
-            Path(out).parent.mkdir(parents=True, exist_ok=True)
-            Path(out).write_text(text)
+        write_text(out, text)
     click.echo(text)

@@ -9,6 +9,7 @@ import yaml
 
 from ..config import load_config, to_dict
 from ..data import read_array
+from ..io import write_text
 from ..noise_plan import noise_plan
 from ..sigmas import OVERLAP_TARGET
 from .options import POSITIVE, FiniteFloat, user_errors, write_json
@@ -44,6 +45,6 @@ def noise_plan_command(config_name, overrides, steps_each, sigma_min, target, ma
         values = to_dict(config)
         for section, keys in plan.config_overrides().items():
             values[section].update(keys)
-        Path(write_path).write_text(yaml.safe_dump(values, sort_keys=False))
+        write_text(Path(write_path), yaml.safe_dump(values, sort_keys=False))
         load_config(write_path)  # the written file is a valid config
         click.echo(f"wrote {write_path}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import math
 from pathlib import Path
 
@@ -11,7 +10,8 @@ import click
 
 from ..data import DatasetNotFoundError
 from ..distributed import check_device
-from ..errors import InputError, NcsnError, storage_errors, storage_message
+from ..errors import InputError, NcsnError, storage_message
+from ..io import write_json as atomic_json
 
 USER_ERRORS = (NcsnError, DatasetNotFoundError)
 
@@ -74,9 +74,6 @@ def finite(value):
 
 
 def write_json(path: str | Path, payload: dict) -> Path:
-    """Strict JSON (non-finite numbers as null), indented; a full disk or read-only folder is a StorageError."""
-    path = Path(path)
-    with storage_errors(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(finite(payload), indent=2, allow_nan=False) + "\n")
-    return path
+    """Strict JSON (non-finite numbers as null), indented, written atomically (``ncsn.io``); a full disk or read-only
+    folder is a StorageError."""
+    return atomic_json(path, finite(payload), allow_nan=False)

@@ -18,6 +18,7 @@ from ..data import DATASETS, to_uint8_hwc
 from ..errors import storage_errors
 from ..generate import generate
 from ..images import save_grid, save_progression
+from ..io import save_npz
 from ..runtime import PRECISIONS, RuntimeOptions, resolve
 from ..samplers import denoise_for, used_settings
 from ..resume import resume_config
@@ -157,7 +158,7 @@ def sample_to_folder(model, config, info, n, seed, out, dist_info, progression=F
     seconds = time.perf_counter() - start
     with storage_errors(out):
         out.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(out / "samples.npz", samples=samples)
+        save_npz(out / "samples.npz", compressed=True, samples=samples)
         save_grid(out / "grid.png", images[:100])
         if progression and frames:
             save_progression(out / "progression.png", out / "progression.gif", frames)

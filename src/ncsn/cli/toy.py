@@ -15,6 +15,7 @@ import torch
 
 from .. import plots
 from .. import toy as toy_lib
+from ..io import save_npz
 from .options import POSITIVE, device_option, user_errors, write_json
 
 
@@ -71,7 +72,7 @@ def langevin(chains, steps, step_size, sigma_max, sigma_min, levels, steps_each,
     shares = {name: mixture.mode_shares(torch.from_numpy(points)) for name, points in samples.items()}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / "samples.npz", **samples)
+    save_npz(out / "samples.npz", **samples)
     names = {"langevin": "Langevin dynamics", "annealed": "annealed Langevin", "iid": "i.i.d. samples"}
     titles = {key: f"{names[key]}\nmode shares " + " / ".join(f"{v:.2f}" for v in shares[key]) for key in names}
     plots.langevin_figure(_density_grid(mixture, half_width, 200), samples, titles, half_width, out / "langevin.png")

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import commit, discard, open_temp
 from .catalog import cache_dir
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: 16-bit grey, CMYK and transparency converted with their range (ncsn.data.prepare)
 HEADER_BYTES = 128  # a fixed .npy header, rewritten with the final row count (keeps the data 64-byte aligned)
 
 try:
@@ -72,10 +73,17 @@ def remove_stale(path: Path, suffix: str = "tmp") -> None:
 
 
 def file_entries(base: Path, files: Sequence[Path]) -> list[tuple[str, int, int]]:
-    """(path relative to base, bytes, modification time in ns) of each file: what a cache key is built from."""
+    """(path relative to base, bytes, modification time in ns) of each file: what a cache key is built from.
+
+    A file that cannot be stat'ed (a broken symlink, a symlink loop) counts as size -1: preparation skips it, and
+    the key changes when it becomes readable."""
     out = []
     for path in files:
-        st = path.stat()
+        try:
+            st = path.stat()
+        except OSError:
+            out.append((path.relative_to(base).as_posix(), -1, 0))
+            continue
         out.append((path.relative_to(base).as_posix(), st.st_size, st.st_mtime_ns))
     return out
 
@@ -109,24 +117,6 @@ def _npy_header(shape: tuple[int, ...]) -> bytes:
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode("latin1")
 
 
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = temporary_name(path)
-    try:
-        tmp.write_text(json.dumps(payload, indent=1))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 class NpyWriter:
     """Appends uint8 rows of one shape to a temporary .npy; ``commit`` fixes the row count and renames it into place.
 
@@ -137,8 +127,7 @@ class NpyWriter:
         self.path, self.row_shape, self.rows, self.committed = Path(path), tuple(row_shape), 0, False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale(self.path)
-        self.tmp = temporary_name(self.path)
-        self._fh = open(self.tmp, "wb")  # noqa: SIM115 - closed by commit or abort
+        self._fh, self.tmp = open_temp(self.path)  # closed by commit or abort
         try:
             self._fh.write(_npy_header((0, *self.row_shape)))
         except OSError:
@@ -154,18 +143,12 @@ class NpyWriter:
     def commit(self) -> Path:
         self._fh.seek(0)
         self._fh.write(_npy_header((self.rows, *self.row_shape)))
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
-        os.replace(self.tmp, self.path)
+        commit(self._fh, self.tmp, self.path)
         self.committed = True
-        _fsync_dir(self.path.parent)
         return self.path
 
     def abort(self) -> None:
-        with contextlib.suppress(OSError):
-            self._fh.close()
-        self.tmp.unlink(missing_ok=True)
+        discard(self._fh, self.tmp)
 
     def __enter__(self) -> NpyWriter:
         return self

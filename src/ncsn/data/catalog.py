@@ -16,6 +16,7 @@ class DataConfig:
     ``channels`` is what folder images are converted to (null: ``model.in_channels`` when a run config loads, 3 in
     plain Python); ``center_crop`` is the square cut before resizing (null: CelebA's 140, a folder's largest
     centred square). ``memory_budget_gb`` only decides where batches are read from, never what they are.
+    ``max_unpacked_gb`` and ``max_unpack_ratio`` (unpacked size over the archive's) bound what a zip may unpack to.
     """
 
     dataset: str = "digits"
@@ -29,6 +30,8 @@ class DataConfig:
     test_fraction: float = 0.05
     split_seed: int = 0
     memory_budget_gb: float = 4.0
+    max_unpacked_gb: float = 64.0
+    max_unpack_ratio: float = 100.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,11 @@ class Split:
 
 class DatasetNotFoundError(FileNotFoundError):
     """The files of a dataset are missing or unreadable; the message says where they are expected."""
+
+
+class DamagedDataError(DatasetNotFoundError):
+    """The files are there but cannot be used (a binary partition list, a truncated or oversized zip): reported at
+    once, naming the file, instead of looking in other roots or downloading, which would hide it."""
 
 
 class NeedsWrite(Exception):  # noqa: N818 - a signal, not an error: retry holding the node's lock

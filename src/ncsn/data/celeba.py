@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .catalog import CELEBA_CROP, DataConfig, NeedsWrite, missing
+from .catalog import CELEBA_CROP, DamagedDataError, DataConfig, NeedsWrite, missing
 from .download import extract
 from .prepare import cached_images
 
@@ -34,10 +34,19 @@ def image_folder(config: DataConfig, root: Path, write: bool) -> Path:
         if (base / f"{FOLDER}.zip").is_file():
             if not write:
                 raise NeedsWrite
-            return extract(base / f"{FOLDER}.zip", FOLDER)
+            return extract(base / f"{FOLDER}.zip", FOLDER, config.max_unpacked_gb, config.max_unpack_ratio)
     if root.is_dir() and _jpegs(root):
         return root
     raise missing(config, f"no {FOLDER}/ or {FOLDER}.zip in {root}")
+
+
+def _partition_text(config: DataConfig, path: Path) -> str:
+    """list_eval_partition.txt as text (ASCII file names and split codes); anything else is an error naming it."""
+    try:
+        return path.read_bytes().decode("ascii")
+    except UnicodeDecodeError as err:
+        raise DamagedDataError(f"celeba: {path} is not the text partition list (a binary byte at offset "
+                                   f"{err.start}); delete it to split 90/10 by name, or download it again") from None
 
 
 def split_files(config: DataConfig, root: Path, folder: Path, split: str) -> list[Path]:
@@ -47,7 +56,7 @@ def split_files(config: DataConfig, root: Path, folder: Path, split: str) -> lis
         raise missing(config, f"no images in {folder}")
     for place in (root, root / "Eval", root / "celeba", folder.parent):
         if (place / PARTITION).is_file():
-            rows = (line.split() for line in (place / PARTITION).read_text().splitlines())
+            rows = (line.split() for line in _partition_text(config, place / PARTITION).splitlines())
             keep = {row[0] for row in rows if row[1:] == [SPLIT_CODES[split]]}
             chosen = [p for p in files if p.name in keep]
             if not chosen:

@@ -11,10 +11,11 @@ import os
 import shutil
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path
 
 from .cache import temporary_name
-from .catalog import DatasetNotFoundError
+from .catalog import DamagedDataError, DatasetNotFoundError
 
 DOWNLOADS = {
     "mnist": (
@@ -103,11 +104,69 @@ def extract_tar(tar: tarfile.TarFile, dest: Path) -> None:
     tar.extractall(dest, members=members)
 
 
-def extract(archive: Path, folder: str) -> Path:
+MAX_UNPACKED_GB = 64.0  # data.max_unpacked_gb: CelebA's zip unpacks to 1.4 GB
+MAX_UNPACK_RATIO = 100.0  # data.max_unpack_ratio: images barely compress; a zip bomb's ratio is in the thousands
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+class ArchiveTooLargeError(DamagedDataError):
+    """A zip that would unpack to more than the limits allow (data.max_unpacked_gb, data.max_unpack_ratio)."""
+
+
+def _is_zip(archive: Path) -> bool:
+    """A zip by its name or its first bytes, even when truncated (``zipfile.is_zipfile`` needs the end record)."""
+    if archive.suffix.lower() == ".zip" or zipfile.is_zipfile(archive):
+        return True
+    with archive.open("rb") as fh:
+        return fh.read(4) in ZIP_MAGIC
+
+
+def _member_path(tmp: Path, name: str) -> Path | None:
+    """Where a zip member goes inside ``tmp``, as ``ZipFile.extract`` places it: no drive, no leading slash, no
+    ``.`` or ``..`` parts. None for a name that leaves nothing (``../``)."""
+    parts = [p for p in os.path.splitdrive(name)[1].split("/") if p not in ("", ".", "..")]
+    return tmp.joinpath(*parts) if parts else None
+
+
+def _unzip(archive: Path, tmp: Path, max_bytes: float, max_ratio: float) -> None:
+    """Extract every member of ``archive`` into ``tmp``, refusing before anything is written when the sizes the
+    zip declares exceed the limits, and while writing if the members hold more than they declare."""
+    packed = max(archive.stat().st_size, 1)
+    limit = min(max_bytes, max_ratio * packed)
+    gb = f"{max_bytes / 1e9:g} GB (data.max_unpacked_gb)"
+    with zipfile.ZipFile(archive) as zf:
+        members = zf.infolist()
+        declared = sum(m.file_size for m in members)
+        if declared > limit:
+            raise ArchiveTooLargeError(
+                f"{archive}: would unpack to {declared / 1e9:.3g} GB, {declared / packed:.0f} times its size; the "
+                f"limits are {gb} and {max_ratio:g} times (data.max_unpack_ratio): raise them if you trust the file")
+        written = 0
+        for member in members:
+            dest = _member_path(tmp, member.filename)
+            if dest is None:
+                continue
+            if member.is_dir():
+                dest.mkdir(parents=True, exist_ok=True)
+                continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(member) as src, open(dest, "wb") as out:
+                for block in iter(lambda: src.read(1 << 20), b""):
+                    written += len(block)
+                    if written > limit:
+                        raise ArchiveTooLargeError(f"{archive}: holds more than its headers declare and more than "
+                                                   f"the limits ({gb}, {max_ratio:g} times its size); not unpacked")
+                    out.write(block)
+
+
+def extract(archive: Path, folder: str, max_unpacked_gb: float = MAX_UNPACKED_GB,
+            max_unpack_ratio: float = MAX_UNPACK_RATIO) -> Path:
     """Unpack ``archive`` (zip or tar) next to itself and return ``<its folder>/<folder>``, the top folder inside.
 
     Members go to a temporary folder that is renamed into place once complete, so an interrupted extraction
-    never looks finished; zip and tar member paths are kept inside the target (no absolute paths, no ``..``).
+    never looks finished; zip and tar member paths are kept inside the target (no absolute paths, no ``..``). A zip
+    may unpack to at most ``max_unpacked_gb`` and ``max_unpack_ratio`` times its own size (checked from its
+    headers before writing, and while writing); a refused or damaged one leaves nothing behind.
     """
     target = archive.parent / folder
     if target.is_dir():
@@ -116,9 +175,13 @@ def extract(archive: Path, folder: str) -> Path:
     for stale in archive.parent.glob(f".{folder}.*.extracting"):  # left by a killed extraction (we hold the lock)
         shutil.rmtree(stale, ignore_errors=True)
     try:
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as zf:
-                zf.extractall(tmp)
+        if _is_zip(archive):
+            try:
+                _unzip(archive, tmp, max_unpacked_gb * 1e9, max_unpack_ratio)
+            except (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError) as err:
+                first = (str(err).splitlines() or [type(err).__name__])[0][:120]
+                raise DamagedDataError(f"{archive}: a damaged or truncated zip ({first}); delete it and "
+                                           "download it again") from None
         else:
             with tarfile.open(archive) as tar:
                 extract_tar(tar, tmp)
@@ -132,7 +195,8 @@ def extract(archive: Path, folder: str) -> Path:
     except DatasetNotFoundError:
         raise
     except (OSError, zipfile.BadZipFile, tarfile.TarError) as err:
-        raise DatasetNotFoundError(f"{archive}: cannot extract ({type(err).__name__}: {err})") from None
+        first = (str(err).splitlines() or [""])[0]  # tarfile lists every compression it tried, one per line
+        raise DamagedDataError(f"{archive}: cannot extract ({type(err).__name__}: {first})") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -18,10 +18,23 @@ TEST_FOLDER = "test"
 
 
 def list_images(root: Path) -> list[Path]:
-    """Image files under root by suffix (any case), sorted by relative path; hidden files and folders skipped."""
-    found = []
+    """Image files under root by suffix (any case), sorted by relative path; hidden files and folders skipped.
+
+    Symlinked folders are followed, but each real folder is read once (a link back up, ``sub/up -> ..``, would
+    otherwise repeat the tree until the path grows too long). Names are listed whatever they point to; preparation
+    skips broken links and anything that is not a regular file, naming them."""
+    found, seen = [], set()
     for folder, dirs, files in os.walk(root, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        try:
+            st = os.stat(folder)
+        except OSError:
+            dirs[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # the first name of a folder linked twice wins
         found += [Path(folder, f) for f in files if not f.startswith(".") and f.lower().endswith(IMAGE_SUFFIXES)]
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 

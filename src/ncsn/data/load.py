@@ -15,8 +15,8 @@ import torch
 from . import celeba, cifar10, digits, folder, mnist
 from .batches import MappedImages, resize_uint8, to_device
 from .cache import node_lock
-from .catalog import (DATASETS, DataConfig, DatasetNotFoundError, NeedsWrite, Split, candidate_roots, check_channels,
-                      missing)
+from .catalog import (DATASETS, DamagedDataError, DataConfig, DatasetNotFoundError, NeedsWrite, Split,
+                      candidate_roots, check_channels, missing)
 from .download import DOWNLOADABLE, download
 
 READERS = {"mnist": mnist.read, "fashion_mnist": mnist.read, "cifar10": cifar10.read, "celeba": celeba.read}
@@ -34,6 +34,8 @@ def _attempt(config: DataConfig, split: str, write: bool) -> tuple[np.ndarray, n
         if root.is_dir():
             try:
                 return reader(config, root, split, write)
+            except DamagedDataError:
+                raise
             except DatasetNotFoundError as err:
                 errors.append(err)
     if config.download and config.dataset in DOWNLOADABLE:

@@ -7,8 +7,10 @@ chunk however large the dataset is.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 import time
 import warnings
 import zlib
@@ -20,7 +22,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import InputError
-from .cache import NpyWriter, cache_key, file_entries, open_cached, write_json_atomic
+from ..io import write_json
+from .cache import NpyWriter, cache_key, file_entries, open_cached
 from .catalog import DataConfig, DatasetNotFoundError, NeedsWrite, cache_dir, check_channels
 
 RESAMPLE = "bilinear"  # Pillow widens the filter when shrinking, so this is anti-aliased (torchvision's Resize)
@@ -49,19 +52,46 @@ class ImageSettings:
         return (self.channels, self.size, self.size)
 
 
-def decode(path: Path, s: ImageSettings) -> np.ndarray:
-    """One image file as uint8 (C, size, size): grey or RGB, centre-cropped (``crop``, else the largest square),
-    then resized with Pillow's anti-aliased bilinear filter. Alpha is dropped."""
+WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit grey PNGs open in one of these (0..65535)
+
+
+def to_8bit(img):
+    """Any Pillow mode as 8-bit L or RGB with its full range kept: 16-bit grey scaled by 255/65535 (Pillow's own
+    convert clips it at 255, so it came out nearly white), CMYK by R = (255 - C)(255 - K) / 255 (not Pillow's
+    version-dependent formula), and anything with transparency (RGBA, LA, PA, a palette with a transparent colour)
+    composited on white, as a viewer shows it; fully transparent pixels become white whatever colour they hide."""
     from PIL import Image
 
+    if img.mode in WIDE_GREY:
+        grey = np.asarray(img).astype(np.float64)
+        return Image.fromarray(np.clip(np.rint(grey * (255 / 65535)), 0, 255).astype(np.uint8), "L")
+    if img.mode == "CMYK":
+        cmyk = np.asarray(img).astype(np.uint32)
+        rgb = ((255 - cmyk[..., :3]) * (255 - cmyk[..., 3:]) + 127) // 255
+        return Image.fromarray(rgb.astype(np.uint8), "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, img.convert("RGBA")).convert("RGB")
+    return img if img.mode in ("L", "RGB") else img.convert("RGB")
+
+
+def decode(path: Path, s: ImageSettings) -> np.ndarray:
+    """One image file as uint8 (C, size, size): grey or RGB (``to_8bit``, then Pillow's luma for grey),
+    centre-cropped (``crop``, else the largest square), then resized with Pillow's anti-aliased bilinear filter.
+
+    Only regular files are opened (a named pipe would block for ever, a device never ends): anything else, a broken
+    symlink or a symlink loop raises OSError, so the caller lists it among the unreadable files."""
+    from PIL import Image
+
+    st = os.stat(path)  # follows symlinks: FileNotFoundError when dangling, OSError ELOOP when looping
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
     with Image.open(path) as img:
         w, h = img.size
         side = s.crop or min(w, h)
         if w < side or h < side:
             raise ImageTooSmallError(f"{path}: {w}x{h} px is smaller than the centre crop data.center_crop={side}")
-        if img.mode == "P" and "transparency" in img.info:
-            img = img.convert("RGBA")
-        img = img.convert("L" if s.channels == 1 else "RGB")
+        img = to_8bit(img).convert("L" if s.channels == 1 else "RGB")
         if (w, h) != (side, side):
             left, top = (w - side) // 2, (h - side) // 2
             img = img.crop((left, top, left + side, top + side))
@@ -94,8 +124,9 @@ def _workers() -> int:
 def prepare_files(files: list[Path], path: Path, s: ImageSettings, base: Path, label: str) -> list[str]:
     """Decode ``files`` in order into the .npy at ``path`` (atomically); returns the skipped files, relative to base.
 
-    Unreadable or truncated files are skipped and listed in one warning line; an image smaller than the crop stops
-    preparation with an error naming it, and so does a list of which no file decodes.
+    Unreadable or truncated files, broken symlinks, symlink loops and anything not a regular file (a named pipe) are
+    skipped and listed in one warning line; an image smaller than the crop stops preparation with an error naming
+    it, and so does a list of which no file decodes.
     """
     start, skipped, unreadable = time.perf_counter(), [], _unreadable_errors()
     with NpyWriter(path, s.row_shape) as writer, ThreadPoolExecutor(_workers()) as pool, \
@@ -117,7 +148,7 @@ def prepare_files(files: list[Path], path: Path, s: ImageSettings, base: Path, l
         listed = ", ".join(skipped[:MAX_LISTED]) + (f" and {more} more" if more > 0 else "")
         warnings.warn(f"{label}: skipped {len(skipped)} unreadable image file(s) under {base}: {listed}",
                       UnreadableImagesWarning, stacklevel=2)
-    write_json_atomic(path.with_suffix(".json"), {
+    write_json(path.with_suffix(".json"), indent=1, payload={
         "images": len(files) - len(skipped), "files": len(files), "skipped": skipped, "base": str(base),
         "size": s.size, "channels": s.channels, "center_crop": s.crop, "resample": RESAMPLE,
         "seconds": round(time.perf_counter() - start, 3), "pid": os.getpid(),

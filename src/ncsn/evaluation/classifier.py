@@ -7,7 +7,6 @@ dataset, data fingerprint) in the data cache; loading reads tensors only.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from torch import nn
 
 from ..data import DATASETS, DataConfig
 from ..errors import InputError
+from ..io import save_safetensors, write_json
 from .reference import cached_arrays, eval_cache, reference_split
 
 FORMAT = "ncsn-classifier-2"
@@ -128,13 +128,8 @@ def load_classifier(path: Path, device="cpu") -> tuple[SmallClassifier, Classifi
 
 
 def save_classifier(model: SmallClassifier, info: ClassifierInfo, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    path.with_suffix(".json").write_text(json.dumps(asdict(info), indent=2))
-    os.replace(tmp, path)
+    write_json(path.with_suffix(".json"), asdict(info))  # the weights last: present means complete
+    save_safetensors(path, {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
 
 
 def get_classifier(data: DataConfig, device="cpu", steps: int | None = None, seed: int = 0):

@@ -7,7 +7,6 @@ themselves, so a different copy or size of a dataset never reuses another's stat
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 import zipfile
 from collections.abc import Callable
@@ -18,6 +17,7 @@ import torch
 
 from ..data import DataConfig, cache_dir, load_split
 from ..errors import InputError
+from ..io import save_npz
 
 
 def fingerprint(images: torch.Tensor) -> str:
@@ -47,14 +47,7 @@ def cached_arrays(path: Path, compute: Callable[[], dict[str, np.ndarray]]) -> d
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
     arrays = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    save_npz(path, **arrays)
     return arrays
 
 

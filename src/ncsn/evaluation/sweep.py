@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import csv
-import json
+import io
 import math
 from pathlib import Path
 
 from ..errors import InputError
+from ..io import save_figure, write_json, write_text
 
 FIELDS = ("step", "fid", "metric", "n", "seconds", "checkpoint")
 
@@ -30,11 +31,12 @@ def write_sweep(folder: str | Path, rows: list[dict], best: dict) -> dict[str, P
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"csv": folder / "sweep.csv", "json": folder / "sweep.json", "png": folder / "sweep.png"}
-    with paths["csv"].open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    paths["json"].write_text(json.dumps({"best": best, "rows": rows}, indent=2))
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(paths["csv"], table.getvalue())
+    write_json(paths["json"], {"best": best, "rows": rows})
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([r["step"] for r in rows], [r["fid"] for r in rows], "o-")
     ax.plot([best["step"]], [best["fid"]], "r*", markersize=14, label=f"best: step {best['step']}")
@@ -42,6 +44,6 @@ def write_sweep(folder: str | Path, rows: list[dict], best: dict) -> dict[str, P
     ax.set_ylabel(f"{best.get('metric', 'fid')} ({best.get('n', '?')} samples)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(paths["png"], dpi=100)
+    save_figure(paths["png"], fig, dpi=100)
     plt.close(fig)
     return paths
