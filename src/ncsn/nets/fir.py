@@ -70,8 +70,3 @@ class FIRDownConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return conv_downsample_2d(x, self.weight, self.fir_kernel) + self.bias.view(1, -1, 1, 1)
-
-
-def halvings(size: int) -> int:
-    """How many times ``size`` can be halved exactly."""
-    return int(math.log2(size & -size)) if size > 0 else 0
