@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from ncsn import ModelConfig, NCSNpp, ScoreModel, build_score_model
 from ncsn.config import ConfigError, load_config
-from ncsn.nets.fir import FIRDownConv2d, downsample_2d, upsample_2d, upfirdn2d, fir_kernel_2d
+from ncsn.nets.fir import FIRDownConv2d, downsample_2d, fir_kernel_2d, upfirdn2d, upsample_2d
 from ncsn.nets.ncsnpp_layers import GaussianFourierProjection, ddpm_init_, positional_embedding
 from ncsn.score_model import ARCHITECTURES, NCSNppConfig
 

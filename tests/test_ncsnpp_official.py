@@ -124,7 +124,7 @@ def test_wrong_shadow_length_or_shape_is_refused_naming_it(tmp_path):
 def test_dataset_of_another_variant_and_missing_dataset_are_refused(tmp_path):
     model, _ = tiny_model(ch_mult=[1, 1, 2], image_size=64)  # attention at 16 px on the third level: 64 px
     path = scoresde_file(model, tmp_path / "c.pth")
-    with pytest.raises(CheckpointError, match="--dataset cifar10 \\(32 px images\\) is not this checkpoint's: .* 64 px"):
+    with pytest.raises(CheckpointError, match="--dataset cifar10 \\(32 px images\\) is not this checkpoint's: .*64 px"):
         load_score_model(path, dataset="cifar10")
     with pytest.raises(CheckpointError, match="does not record its dataset: pass --dataset"):
         load_score_model(path)

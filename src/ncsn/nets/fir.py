@@ -8,7 +8,6 @@ resamplers below use Score-SDE's paddings for a separable kernel (default [1, 3,
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
