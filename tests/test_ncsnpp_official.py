@@ -121,6 +121,17 @@ def test_wrong_shadow_length_or_shape_is_refused_naming_it(tmp_path):
         load_score_model(scoresde_file(model, tmp_path / "none.pth", ema=False), ema=True, dataset="cifar10")
 
 
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path):
+    model, _ = tiny_model()
+    shadow = [p.detach().clone() for p in model.net.parameters() if p.requires_grad]
+    shadow[5][0] = float("nan")
+    path = scoresde_file(model, tmp_path / "c.pth", shadow=shadow)
+    name = [n for n, p in model.net.named_parameters() if p.requires_grad][5]
+    with pytest.raises(CheckpointError, match=f"EMA weights hold non-finite values \\(first in {re.escape(name)}\\)"):
+        load_score_model(path, dataset="cifar10")
+    assert load_score_model(path, ema=False, dataset="cifar10")[2]["weights"] == "scoresde"
+
+
 def test_dataset_of_another_variant_and_missing_dataset_are_refused(tmp_path):
     model, _ = tiny_model(ch_mult=[1, 1, 2], image_size=64)  # attention at 16 px on the third level: 64 px
     path = scoresde_file(model, tmp_path / "c.pth")

@@ -186,7 +186,12 @@ def load_scoresde(state: dict, source, ema: bool | None, dataset: str | None,
     if ema and state.get("ema") is None:
         raise CheckpointError(f"{source}: this Score-SDE checkpoint has no EMA weights; use --no-ema")
     use_ema = state.get("ema") is not None if ema is None else ema
-    model.net.load_state_dict(ema_weights(model, raw, state["ema"], source) if use_ema else raw, strict=True)
+    weights = ema_weights(model, raw, state["ema"], source) if use_ema else raw
+    bad = next((k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        which = "EMA weights" if use_ema else "weights"
+        raise CheckpointError(f"{source}: its {which} hold non-finite values (first in {bad}); the run had diverged")
+    model.net.load_state_dict(weights, strict=True)
     model.sigmas.copy_(sigmas.float())
     step = state.get("step")
     info = {"weights": "scoresde-ema" if use_ema else "scoresde", "step": int(step) if isinstance(step, int) else None,
