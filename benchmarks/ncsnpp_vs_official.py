@@ -11,8 +11,10 @@ CPU anyway). Its configs are ``ml_collections`` objects; a namespace with the sa
 Per config, both models are built, every official tensor (re-drawn at a seeded DDPM-like scale, so that no layer
 is the near-zero identity it starts as) is copied into ncsn's ``ScoreModel`` by name, and the two scores
 (output divided by sigma) are compared in float32 in eval mode on seeded images in [0, 1]: continuous models at
-log-spread sigmas, the discrete one at ladder levels. Prints JSON: parameter counts, the largest absolute
-difference, and the relative one (largest difference over the largest official value, and the L2 ratio).
+log-spread sigmas, the discrete one at ladder levels; then the gradients of one seeded linear functional of the
+score with respect to every parameter, by name. Prints JSON: parameter counts, the largest absolute difference of
+the scores and the relative one (largest difference over the largest official value, and the L2 ratio), and the
+largest gradient difference over the largest gradient.
 
 ``--write-tiny FILE`` instead writes the official model's weights and scores for three tiny variants (nf 8, 8 px,
 one block per level: residual/none, input_skip/output_skip, and the discrete one), which
@@ -180,13 +182,21 @@ def compare(name: str, settings: dict, batch: int, seed: int) -> dict:
 
     size = settings["image_size"]
     x, sigma, cond = inputs(settings, batch, seed, weights["sigmas"])
-    with torch.no_grad():  # the discrete model takes the ladder index; ncsn's wrapper maps sigma back to it
-        t0 = time.perf_counter()
-        ref = official(x, cond)
-        t1 = time.perf_counter()
-        out = ours(x, sigma)
-        t2 = time.perf_counter()
-    ref = ref.double()
+    # the discrete model takes the ladder index; ncsn's wrapper maps sigma back to it
+    t0 = time.perf_counter()
+    ref = official(x, cond)
+    t1 = time.perf_counter()
+    out = ours(x, sigma)
+    t2 = time.perf_counter()
+    # gradients of one fixed linear functional of the score, per parameter name, as training would take them
+    probe = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed + 2))
+    (ref.float() * probe).sum().backward()
+    (out * probe).sum().backward()
+    named = dict(ours.net.named_parameters())
+    pairs = [(p.grad.double(), named[n].grad.double()) for n, p in official.named_parameters() if p.grad is not None]
+    grad_diff = max(float((a - b).abs().max()) for a, b in pairs)
+    grad_max = max(float(a.abs().max()) for a, _ in pairs)
+    ref, out = ref.detach().double(), out.detach()
     diff = (out.double() - ref).abs()
     return {
         "config": name, "image_size": size, "batch": batch,
@@ -197,6 +207,7 @@ def compare(name: str, settings: dict, batch: int, seed: int) -> dict:
         "max_abs_diff": float(diff.max()), "max_abs_official": float(ref.abs().max()),
         "rel_diff_max": float(diff.max() / ref.abs().max()),
         "rel_diff_l2": float(diff.norm() / ref.norm()),
+        "grad_tensors": len(pairs), "grad_max_abs_diff": grad_diff, "grad_rel_diff_max": grad_diff / grad_max,
         "seconds": {"official": round(t1 - t0, 3), "ncsn": round(t2 - t1, 3)},
     }
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from ncsn import ModelConfig, NCSNpp, ScoreModel, build_score_model
 from ncsn.config import ConfigError, load_config
-from ncsn.nets.fir import FIRDownConv2d, downsample_2d, upsample_2d, upfirdn2d, fir_kernel_2d
+from ncsn.nets.fir import FIRDownConv2d, downsample_2d, fir_kernel_2d, upfirdn2d, upsample_2d
 from ncsn.nets.ncsnpp_layers import GaussianFourierProjection, ddpm_init_, positional_embedding
 from ncsn.score_model import ARCHITECTURES, NCSNppConfig
 
@@ -261,3 +261,23 @@ def test_config_resolves_the_image_size_and_keeps_ncsnpp_settings_to_ncsnpp():
     assert config.model.ncsnpp.image_size == 32 and config.model.ncsnpp.dropout == 0.0
     with pytest.raises(ConfigError, match="'model.ncsnpp': applies to model.arch ncsnpp only, not ncsn_v1"):
         load_config("cifar10", ["model.ncsnpp.num_res_blocks=2"])
+
+
+def test_checkpoint_and_export_rebuild_the_same_ncsnpp(tmp_path):
+    """The config stored in a checkpoint (with its model.ncsnpp block) rebuilds the network; export round-trips."""
+    import torch.optim
+
+    from ncsn.checkpoint import atomic_save, export_slim, load_score_model, training_state
+
+    config = load_config("digits", ["model.arch=ncsnpp", "model.ngf=8", "model.ncsnpp.ch_mult=[1,2]",
+                                    "model.ncsnpp.num_res_blocks=1", "model.ncsnpp.attn_resolutions=[4]",
+                                    "model.ncsnpp.progressive=output_skip", "model.ncsnpp.init_scale=1.0"])
+    torch.manual_seed(0)
+    model = build_score_model(config.model).eval()
+    path = atomic_save(training_state(3, config, model, torch.optim.Adam(model.parameters())), tmp_path / "c.pt")
+    x, sigma = torch.rand(2, 1, 8, 8), torch.tensor([0.07, 1.9])
+    with torch.no_grad():
+        expected = model(x, sigma)
+        for source in (path, export_slim(path, tmp_path / "export")):
+            loaded, loaded_config, _ = load_score_model(source)
+            assert loaded_config.model == config.model and torch.equal(loaded(x, sigma), expected)

@@ -73,6 +73,9 @@ def _code_in_file(path: Path) -> list[str]:
         allowed = set(_get_allowed_globals())
     except (ImportError, AttributeError):
         allowed = set()
+    from .official_scoresde import NUMPY_NAMES  # the numpy scalars safe_load admits (Score-SDE's optimizer state)
+
+    allowed |= NUMPY_NAMES
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
@@ -102,7 +105,10 @@ def safe_load(path: str | Path, map_location="cpu"):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # e.g. torch's note on pickle protocols it did not write
-            return torch.load(path, map_location=map_location, weights_only=True)
+            from .official_scoresde import numpy_scalars
+
+            with numpy_scalars():  # numpy scalars and dtypes only: still no callables
+                return torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError,
             *NOT_A_PICKLE) as err:
         code = _code_in_file(path) if isinstance(err, pickle.UnpicklingError | RuntimeError) else []
@@ -294,6 +300,10 @@ def load_score_model(source: str | Path, ema: bool | None = None, device="cpu", 
             from .official import load_official
 
             return _to(load_official(state, source, ema, dataset, image_size), device)
+        from .official_scoresde import is_scoresde, load_scoresde
+
+        if is_scoresde(state):  # Score-SDE's {'model', 'ema', 'optimizer', 'step'}
+            return _to(load_scoresde(state, source, ema, dataset, image_size), device)
         loaded = _from_training_state(state, source, ema)
     d = loaded[1].data
     if dataset is not None and dataset != d.dataset:

@@ -8,7 +8,6 @@ resamplers below use Score-SDE's paddings for a separable kernel (default [1, 3,
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -70,8 +69,3 @@ class FIRDownConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return conv_downsample_2d(x, self.weight, self.fir_kernel) + self.bias.view(1, -1, 1, 1)
-
-
-def halvings(size: int) -> int:
-    """How many times ``size`` can be halved exactly."""
-    return int(math.log2(size & -size)) if size > 0 else 0

@@ -116,8 +116,8 @@ class NCSNpp(nn.Module):
                  fourier_scale: float = 16.0, fir_kernel: Sequence[float] = (1, 3, 3, 1), skip_rescale: bool = True,
                  init_scale: float = 0.0):
         super().__init__()
-        settings = dict(locals())
-        found = problems(**{k: v for k, v in settings.items() if k not in ("self", "__class__")})
+        found = problems(image_size, ch_mult, num_res_blocks, attn_resolutions, dropout, progressive, progressive_input,
+                         progressive_combine, embedding, fourier_scale, fir_kernel, init_scale, nf)
         if found:
             raise ValueError(f"NCSN++ {found[0][0]}: {found[0][1]}")
         if embedding == "positional":
@@ -177,7 +177,8 @@ class NCSNpp(nn.Module):
             raise ValueError(f"expected images of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
         m = self.size_multiple
         if x.shape[-1] % m or x.shape[-2] % m:
-            raise ValueError(f"image height and width must be multiples of {m} for this NCSN++, got {tuple(x.shape[-2:])}")
+            raise ValueError(f"image height and width must be multiples of {m} for this NCSN++, "
+                             f"got {tuple(x.shape[-2:])}")
         if cond.shape != (x.shape[0],):
             raise ValueError(f"expected one sigma (or level) per image, shape ({x.shape[0]},), got {tuple(cond.shape)}")
 
