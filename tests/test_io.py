@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import socket
 import stat
 
 import numpy as np
@@ -14,7 +15,7 @@ from PIL import Image
 
 from ncsn import io
 from ncsn.errors import StorageError
-from ncsn.runfolder import TEMP_RE
+from ncsn.runfolder import HOST_TEMP_RE
 
 
 def _umask() -> int:
@@ -111,8 +112,9 @@ def test_temp_names_are_unique_hidden_and_cleaned_by_the_run_folder(tmp_path):
     names = {io.temp_path(tmp_path / "checkpoint_00000001.pt").name for _ in range(50)}
     assert len(names) == 50
     for name in names:
-        match = TEMP_RE.match(name)
+        match = HOST_TEMP_RE.match(name)
         assert name.startswith(".checkpoint_00000001.pt.") and match and int(match.group(1)) == os.getpid()
+        assert name.endswith(f".{socket.gethostname()}-{os.getpid()}.tmp")
 
 
 def test_no_module_writes_files_around_ncsn_io():

@@ -2,6 +2,7 @@
 orphan temp files cleaned, nothing left behind by a run that fails to start, slim snapshots, scoped global state."""
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -15,12 +16,12 @@ import torch
 from ncsn import checkpoint as ckpt
 from ncsn import training
 from ncsn.config import load_config
+from ncsn.io import temp_path
 from ncsn.runfolder import (
     UNKNOWN_HOST_STALE_S,
     RunFolderLock,
     read_history,
     remove_orphan_temp_files,
-    temp_path,
     write_config,
 )
 from ncsn.training import RunFolderError, train
@@ -187,9 +188,11 @@ def test_checkpoint_and_config_writes_stage_under_a_name_that_carries_host_and_p
     monkeypatch.setattr(os, "replace", spy)
     ckpt.atomic_save({"step": 1}, tmp_path / "checkpoint_00000001.pt")
     write_config(tmp_path, load_config("digits"))
-    suffix = f".{socket.gethostname()}-{os.getpid()}.tmp"
-    assert staged == [f".checkpoint_00000001.pt{suffix}", f".config.yaml{suffix}"]
-    assert temp_path(tmp_path / "x.pt") == tmp_path / f".x.pt{suffix}"
+    suffix = re.escape(f".{socket.gethostname()}-{os.getpid()}.tmp")
+    assert len(staged) == 2
+    for name, target in zip(staged, ("checkpoint_00000001.pt", "config.yaml")):
+        assert re.fullmatch(rf"\.{re.escape(target)}\.[0-9a-f]{{8}}{suffix}", name), name
+    assert re.fullmatch(rf"\.x\.pt\.[0-9a-f]{{8}}{suffix}", temp_path(tmp_path / "x.pt").name)
 
 
 def test_another_hosts_temp_files_are_kept_and_host_less_ones_only_once_stale(tmp_path):
