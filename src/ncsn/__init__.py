@@ -1,7 +1,7 @@
 """ncsn: noise-conditional score networks (Song & Ermon, 2019) and their published follow-ups, in PyTorch."""
 
 from .likelihood import bits_per_dim, log_density
-from .losses import dsm_loss, ssm_loss
+from .losses import Objective, dsm_loss, ssm_loss
 from .nets import (
     CondInstanceNormPlusPlus,
     CondRefineNetDilated,
@@ -22,7 +22,7 @@ from .samplers import (
     uniform_init,
 )
 from .schedules import karras_sigmas, ve_sde_sigmas
-from .score_model import ModelConfig, ScoreModel, build_score_model
+from .score_model import ModelConfig, NCSNppConfig, ScoreModel, build_score_model
 from .sigmas import SigmaOffLadderError, geometric_sigmas, ladder_levels
 
 __version__ = "0.1.0"
@@ -33,9 +33,11 @@ __all__ = [
     "InstanceNormPlusPlus",
     "ModelConfig",
     "NCSNpp",
+    "NCSNppConfig",
     "NCSNv2",
     "NCSNv2Deeper",
     "NCSNv2Deepest",
+    "Objective",
     "SamplerSettings",
     "ScoreModel",
     "SigmaOffLadderError",
