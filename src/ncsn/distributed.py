@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .errors import InputError, NcsnError
+from .errors import InputError, NcsnError, storage_message
 
 SIDE_WORK_TIMEOUT_ENV = "NCSN_SIDE_WORK_TIMEOUT_S"
 SIDE_WORK_TIMEOUT_S = 7200.0
@@ -140,8 +140,7 @@ def agreed_line(reports: list) -> str | None:
 
 def _one_line(error: BaseException) -> str | None:
     """The one line the command line prints for a user's error (None for a bug, which keeps its traceback)."""
-    from .data import DatasetNotFoundError
-    from .errors import storage_message
+    from .data import DatasetNotFoundError  # imported here: the data package is heavy, rank helpers are not
 
     if isinstance(error, NcsnError | DatasetNotFoundError):
         return str(error)
