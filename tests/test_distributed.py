@@ -49,7 +49,7 @@ def _rank(rank: int, world: int, port: int, root: str, results) -> None:
 
     from ncsn import training
     from ncsn.config import load_config
-    from ncsn.data import MappedImages
+    from ncsn.data import DatasetNotFoundError, MappedImages
 
     init = dist.init_process_group
 
@@ -64,7 +64,7 @@ def _rank(rank: int, world: int, port: int, root: str, results) -> None:
     real_images = training.training_images
 
     def broken(*args, **kwargs):
-        raise InputError("data/train.npy: cannot read it (simulated on rank 1)")
+        raise DatasetNotFoundError("data/train.npy: cannot read it (simulated on rank 1)")
 
     training.training_images = broken if rank == 1 else real_images
     results.put((rank, "setup", _outcome(lambda: training.train(config, os.path.join(root, "bad"), device="cpu",
@@ -185,3 +185,23 @@ def test_a_rank_without_the_run_folder_says_resuming_needs_a_shared_filesystem(t
         resume_config(tmp_path)
     with pytest.raises(RunFolderError, match=shared):
         _resolve_config(load_config("digits"), tmp_path, resume=True)
+
+
+def test_the_agreed_line_names_the_first_failing_rank_or_every_rank():
+    user = ("InputError", "sampling.snr: must be positive", True)
+    assert distributed.agreed_line([None, None]) is None
+    assert distributed.agreed_line([None, user]) == "rank 1: sampling.snr: must be positive"
+    assert distributed.agreed_line([user, user]) == "every rank: sampling.snr: must be positive"
+    other = ("DatasetNotFoundError", "no data in /x", True)
+    assert distributed.agreed_line([None, other, user]) == "rank 1 (and 1 more): no data in /x"
+    bug = ("TypeError", "unsupported operand", False)
+    assert distributed.agreed_line([bug, None]) == (
+        "rank 0 failed with a bug (TypeError: unsupported operand); see its traceback")
+
+
+def test_one_process_raises_its_own_error_unchanged():
+    err = InputError("bad")
+    with pytest.raises(InputError) as caught:
+        distributed.agree(err)
+    assert caught.value is err
+    assert distributed.agree(None, payload=7) == 7

@@ -59,3 +59,21 @@ def test_a_score_that_reuses_its_output_buffer_gives_the_same_result(name):
     reused = RUNS[name](OneBuffer(score), x0.clone())
     assert torch.isfinite(fresh).all()
     assert torch.equal(reused, fresh)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu_check.sh runs these)")
+@pytest.mark.parametrize("name", ["heun", "ode"])  # the seeded ones take CPU generators
+def test_cuda_graph_compiled_score_gives_what_its_copied_outputs_give(name):
+    """The real thing: ``--compile`` on CUDA (mode reduce-overhead) hands back CUDA-graph buffers."""
+    from ncsn import ModelConfig, build_score_model
+    from ncsn.runtime import RuntimeOptions, score_function
+
+    torch.manual_seed(0)
+    model = build_score_model(ModelConfig(arch="ncsnv2", in_channels=1, ngf=8, sigma_max=1.0, sigma_min=0.01,
+                                          num_scales=6)).cuda().eval()
+    compiled = score_function(model, RuntimeOptions(compile=True, precision="fp32", channels_last=False), "cuda")
+    x0 = torch.rand(3, 1, 8, 8, generator=gen(0)).cuda()
+    copied = RUNS[name](lambda x, sigma: compiled(x, sigma).clone(), x0.clone())
+    graphs = RUNS[name](compiled, x0.clone())
+    assert torch.isfinite(copied).all() and torch.equal(graphs, copied)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .errors import InputError, NcsnError
+from .errors import InputError, NcsnError, storage_message
 
 SIDE_WORK_TIMEOUT_ENV = "NCSN_SIDE_WORK_TIMEOUT_S"
 SIDE_WORK_TIMEOUT_S = 7200.0
@@ -101,31 +101,50 @@ def agree(error: BaseException | None, payload=None):
     """Every rank reports whether its step failed, and all of them fail alike; else rank 0's ``payload`` everywhere.
 
     A rank that fails alone would otherwise leave the others blocked in their next collective until it times out.
-    A library error (NcsnError) becomes the same one-line DistributedError on every rank, naming the rank; a bug keeps
-    its traceback on its own rank while the others report it in one line. In one process ``error`` is raised as it is.
+    A user's error (what the command line prints in one line: an NcsnError, a missing dataset, a full disk) becomes
+    the same one-line DistributedError on every rank, naming the rank; a bug keeps its traceback on its own rank
+    while the others report it in one line. In one process ``error`` is raised as it is.
     Collective: every rank must call it at the same point (it waits up to the side-work timeout).
     """
     if not dist.is_initialized():
         if error is not None:
             raise error
         return payload
-    report = None if error is None else (type(error).__name__, str(error), isinstance(error, NcsnError))
+    line = None if error is None else _one_line(error)
+    text = (str(error).splitlines() or [""])[0] if error is not None else ""
+    report = None if error is None else (type(error).__name__, line if line is not None else text, line is not None)
     reports = [None] * dist.get_world_size()
     try:
         dist.all_gather_object(reports, (report, payload if dist.get_rank() == 0 else None), group=_side_group)
     except RuntimeError as err:
         raise DistributedError(f"rank {dist.get_rank()} lost the other ranks while they set up "
                                f"({str(err).splitlines()[0]})") from err
-    failed = [(rank, found) for rank, (found, _) in enumerate(reports) if found is not None]
-    if not failed:
+    verdict = agreed_line([found for found, _ in reports])
+    if verdict is None:
         return reports[0][1]
-    rank, (name, message, ours) = failed[0]
-    if error is not None and not isinstance(error, NcsnError):
+    if error is not None and line is None:
         raise error
-    same = len(failed) == len(reports) and all(found[1] == message for _, found in failed)
+    raise DistributedError(verdict) from None
+
+
+def agreed_line(reports: list) -> str | None:
+    """The line every rank reports, from each rank's (error type, message, is a user's error) or None (no error)."""
+    failed = [(rank, found) for rank, found in enumerate(reports) if found is not None]
+    if not failed:
+        return None
+    rank, (name, message, ours) = failed[0]
+    same = len(failed) == len(reports) and all(found[:2] == (name, message) for _, found in failed)
     where = "every rank" if same else f"rank {rank}" + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else "")
-    line = f"{where}: {message}" if ours else f"{where} failed with a bug ({name}: {message}); see its traceback"
-    raise DistributedError(line) from None
+    return f"{where}: {message}" if ours else f"{where} failed with a bug ({name}: {message}); see its traceback"
+
+
+def _one_line(error: BaseException) -> str | None:
+    """The one line the command line prints for a user's error (None for a bug, which keeps its traceback)."""
+    from .data import DatasetNotFoundError  # imported here: the data package is heavy, rank helpers are not
+
+    if isinstance(error, NcsnError | DatasetNotFoundError):
+        return str(error)
+    return storage_message(error) if isinstance(error, OSError) else None
 
 
 def wait_for_main(what: str = "its side work") -> None:

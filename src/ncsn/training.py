@@ -85,7 +85,7 @@ def local_batch(images, indices: torch.Tensor, local: slice, gen: torch.Generato
     Only the share's images are read (from disk on the memory-mapped path), so I/O per rank falls with the world
     size. The random numbers are drawn for the whole global batch from the step's one generator and sliced, the
     stream of one process, so any number of ranks trains exactly as one process does (and as earlier runs did):
-    drawing is a few microseconds of device time, and per-example streams would change every run's numbers.
+    on a GPU the draws take microseconds, while per-example streams would cost launches and change every run.
     """
     d = config.data
     x = images[indices[local]].float() / 255.0
