@@ -74,8 +74,8 @@ def classifier_outputs(model: SmallClassifier, images: torch.Tensor, batch_size:
     features, probs = [], []
     for start in range(0, len(images), batch_size):
         f, logits = model(images[start : start + batch_size].to(device))
-        features.append(f.double().cpu())
-        probs.append(logits.double().softmax(dim=1).cpu())
+        features.append(f.cpu().double())
+        probs.append(logits.cpu().double().softmax(dim=1))
     return {"features": torch.cat(features).numpy(), "probs": torch.cat(probs).numpy()}
 
 

@@ -28,7 +28,7 @@ def heldout_dsm_loss(
         xb, zb = x[start : start + batch_size].to(device), noise[start : start + batch_size].to(device)
         for level in range(len(sigmas)):
             labels = torch.full((len(xb),), level, dtype=torch.long, device=device)
-            sums[level] += dsm_loss(score_fn, xb, sigmas, labels, anneal_power, noise=zb).double().sum().cpu()
+            sums[level] += dsm_loss(score_fn, xb, sigmas, labels, anneal_power, noise=zb).cpu().double().sum()
     per_level = (sums / len(x)).tolist()
     return {
         "sigmas": sigmas.cpu().tolist(), "per_level": per_level, "mean": sum(per_level) / len(per_level),
