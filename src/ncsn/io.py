@@ -1,6 +1,6 @@
 """Atomic file writes, the one way this package writes a file: readers see the old file or the new one, never half.
 
-Each write goes to a hidden temporary file in the same folder (``.NAME.TOKEN.PID.tmp``, the PID last so that a run
+Each write goes to a hidden temporary file in the same folder (``.NAME.HOST-TOKEN.PID.tmp``, the PID last so that a run
 folder can remove the leftovers of killed writers), which is flushed and fsynced, renamed over the target with
 ``os.replace``, and then the folder is fsynced so the rename itself survives a power cut. The temporary file is
 removed on any failure (a full disk, an exception of the serializer, KeyboardInterrupt). Files get the permissions
@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import secrets
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -22,9 +23,10 @@ from .errors import storage_errors
 
 
 def temp_path(path: str | Path) -> Path:
-    """A hidden name beside ``path`` that no other writer (thread, process or host) uses at the same time."""
+    """A hidden name beside ``path`` that no other writer (thread, process or host) uses at the same time; it names
+    the host, so a clean-up can tell this machine's leftovers from another's on a shared folder."""
     path = Path(path)
-    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.{os.getpid()}.tmp")
+    return path.with_name(f".{path.name}.{socket.gethostname()}-{secrets.token_hex(4)}.{os.getpid()}.tmp")
 
 
 def fsync_dir(folder: str | Path) -> None:

@@ -17,7 +17,7 @@ from .io import write_text
 
 LOCK_FILE = ".lock"
 RESUMES_FILE = "resumes.jsonl"
-TEMP_RE = re.compile(r"^\..+\.(\d+)\.tmp$")  # atomic writes (ncsn.io): .NAME.TOKEN.PID.tmp
+TEMP_RE = re.compile(r"^\..+\.(\d+)\.tmp$")  # atomic writes (ncsn.io): .NAME.HOST-TOKEN.PID.tmp
 
 
 class RunFolderError(NcsnError, RuntimeError):
