@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -53,11 +54,15 @@ def count_preparations(monkeypatch):
 def test_writer_round_trips_and_shrinks_to_the_rows_written(tmp_path):
     rows = np.random.default_rng(0).integers(0, 256, (7, 3, 5, 5), dtype=np.uint8)
     (tmp_path / ".a.npy.otherhost-123.tmp").write_bytes(b"left by a killed writer")
+    here = socket.gethostname()
+    (tmp_path / f".b.npy.{here}-0a1b2c3d.99999.tmp").write_bytes(b"a killed preparation of other files, here")
+    (tmp_path / ".b.npy.otherhost-0a1b2c3d.99999.tmp").write_bytes(b"another machine may be writing it")
     with NpyWriter(tmp_path / "a.npy", (3, 5, 5)) as writer:
         writer.append(rows[:4])
         writer.append(rows[4:])
         writer.commit()
     assert np.array_equal(np.load(tmp_path / "a.npy"), rows)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".b.npy.otherhost-0a1b2c3d.99999.tmp", "a.npy"]
     mapped = np.load(tmp_path / "a.npy", mmap_mode="r")
     assert mapped.offset == 128 and np.array_equal(mapped[2:5], rows[2:5])
     with NpyWriter(tmp_path / "b.npy", (3, 5, 5)) as writer:

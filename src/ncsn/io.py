@@ -1,7 +1,8 @@
 """Atomic file writes, the one way this package writes a file: readers see the old file or the new one, never half.
 
 Each write goes to a hidden temporary file in the same folder (``.NAME.TOKEN.HOST-PID.tmp``, host and PID last so
-that a run folder can remove the leftovers of this host's killed writers), which is flushed and fsynced, renamed over the target with
+that a run folder can remove the leftovers of this host's killed writers), which is flushed and fsynced, renamed
+over the target with
 ``os.replace``, and then the folder is fsynced so the rename itself survives a power cut. The temporary file is
 removed on any failure (a full disk, an exception of the serializer, KeyboardInterrupt). Files get the permissions
 of an ordinary ``open``: 0o666 less the process umask (not the owner-only 0o600 of ``tempfile.mkstemp``).

@@ -66,8 +66,11 @@ def temporary_name(path: Path, suffix: str = "tmp") -> Path:
 
 
 def remove_stale(path: Path, suffix: str = "tmp") -> None:
-    """Delete what killed writers of ``path`` left behind; only called while holding the node lock."""
-    for stale in path.parent.glob(f".{path.name}.*.{suffix}"):
+    """Delete what killed writers left behind: temporary files of ``path`` from any host, and every temporary file
+    this host made in its folder (a cache of other settings or files, e.g. one whose preparation was killed). Only
+    called while holding the node lock, so no writer of this machine is running there."""
+    host = socket.gethostname()
+    for stale in {*path.parent.glob(f".{path.name}.*.{suffix}"), *path.parent.glob(f".*.{host}-*.{suffix}")}:
         if stale.is_file():
             stale.unlink(missing_ok=True)
 
