@@ -54,6 +54,10 @@ def test_max_pairwise_distance_equals_brute_force_and_subsamples_by_seed():
     brute = torch.pdist(flat).max().item()  # all 44,850 pairs at once, in float64
     best, (i, j) = max_pairwise_distance(data, chunk=7)  # chunks of 7 rows: the maximum is found across chunks
     assert best == pytest.approx(brute, rel=1e-12) and (flat[i] - flat[j]).norm().item() == best
+    ints = torch.randint(0, 256, (300, 1, 4, 5), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    found, (i, j) = max_pairwise_distance(ints, chunk=7)  # uint8 points, compared in float blocks of 7 x 7
+    assert found == torch.pdist(ints.flatten(1).double()).max().item() and i < j
+    assert found == (ints[i].double() - ints[j].double()).norm().item()
     sub = max_pairwise_distance(data, max_points=50, seed=1)
     assert sub == max_pairwise_distance(data, max_points=50, seed=1) and sub != max_pairwise_distance(data, 50, seed=2)
     assert sub[0] <= best

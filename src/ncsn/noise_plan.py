@@ -86,8 +86,8 @@ def noise_plan(images: torch.Tensor | np.ndarray, steps_each: int = 5, sigma_min
                target: float = OVERLAP_TARGET, max_points: int = 10_000, seed: int = 0) -> NoisePlan:
     """The full NCSNv2 plan for training images (uint8 in [0, 255] or float in [0, 1], shape (N, C, H, W)).
 
-    ``images`` may be a memory-mapped array: only the ``max_points`` compared rows are read and converted to
-    float, so memory stays bounded whatever the dataset's size.
+    ``images`` may be a memory-mapped array: only the ``max_points`` compared rows are read, and they stay uint8
+    while blocks of them are compared in float32, so memory is bounded whatever the dataset's size.
     """
     n, dim = len(images), math.prod(images.shape[1:])
     if n < 2:
@@ -97,8 +97,8 @@ def noise_plan(images: torch.Tensor | np.ndarray, steps_each: int = 5, sigma_min
         rows = images[index]
     else:  # a numpy or memory-mapped array: gather the chosen rows only
         rows = torch.from_numpy(np.ascontiguousarray(images[index.numpy()]))
-    x = rows.float() / 255.0 if rows.dtype == torch.uint8 else rows.float()
-    sigma_max, (i, j) = max_pairwise_distance(x, max_points=len(x))
+    distance, (i, j) = max_pairwise_distance(rows, max_points=len(rows))  # uint8 rows stay uint8 until compared
+    sigma_max = distance / 255.0 if rows.dtype == torch.uint8 else distance
     rest = ladder_plan(sigma_max, dim, steps_each, sigma_min, target)
     pair = (int(index[i]), int(index[j]))
     return NoisePlan(dim=dim, n_images=n, n_compared=len(index), farthest_pair=pair, **rest)

@@ -68,22 +68,26 @@ def max_pairwise_distance(
     """NCSNv2 technique 1: sigma_1 = the largest Euclidean distance between two training points, and that pair.
 
     Exact over all pairs up to ``max_points`` examples; above, over a random subsample of that size drawn from
-    ``seed`` (as the NCSNv2 paper suggests). Rows are compared in chunks against all points in float32 (bounded
-    memory: ``chunk`` x N distances at a time), and the winning pair's distance is recomputed in float64.
-    Returns (distance, (i, j)) with i, j indices into ``data``.
+    ``seed`` (as the NCSNv2 paper suggests). The points stay in their own dtype (uint8 images: one byte a value);
+    blocks of ``chunk`` x ``chunk`` pairs are compared in float32, so memory beyond the points is two float blocks,
+    and the winning pair's distance is recomputed in float64. Distances are in the data's units. Returns
+    (distance, (i, j)) with i < j indices into ``data``.
     """
     flat = data.reshape(data.shape[0], -1)
     if flat.shape[0] < 2:
         raise ValueError(f"need at least two points for a pairwise distance, got {flat.shape[0]}")
     index = subsample_index(flat.shape[0], max_points, seed)
-    points = flat[index].float()
-    best, pair = -1.0, (0, 0)
+    points = flat[index]
+    best, pair = -1.0, (0, 1)
     for start in range(0, len(points), chunk):
-        dist = torch.cdist(points[start : start + chunk], points)
-        value, where = dist.flatten().max(dim=0)
-        if float(value) > best:
-            row, col = divmod(int(where), len(points))
-            best, pair = float(value), (int(index[start + row]), int(index[col]))
+        rows = points[start : start + chunk].float()
+        for first in range(start, len(points), chunk):  # blocks on and above the diagonal: each pair once
+            dist = torch.cdist(rows, points[first : first + chunk].float())
+            value, where = dist.flatten().max(dim=0)
+            if float(value) > best:
+                row, col = divmod(int(where), dist.shape[1])
+                i, j = sorted((int(index[start + row]), int(index[first + col])))
+                best, pair = float(value), (i, j)
     exact = (flat[pair[0]].double() - flat[pair[1]].double()).norm().item()
     return exact, pair
 

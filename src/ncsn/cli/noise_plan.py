@@ -21,8 +21,8 @@ from .options import POSITIVE, FiniteFloat, user_errors, write_json
 @click.option("--steps-each", type=click.IntRange(min=1), default=5, help="Langevin steps per level T.")
 @click.option("--sigma-min", type=POSITIVE, default=0.01, help="Smallest sigma.")
 @click.option("--target", type=FiniteFloat(0, 1, min_open=True, max_open=True), default=OVERLAP_TARGET,
-              help="Overlap of adjacent levels (technique 2); 0.566 reproduces the official ladders, 0.5 is the "
-                   "paper's wording.")
+              help="Overlap of adjacent levels (technique 2); 0.566 is fitted to reproduce the official ladders (a "
+                   "calibration), 0.5 is the paper's wording.")
 @click.option("--max-points", type=click.IntRange(min=2), default=10_000,
               help="Exact pairwise maximum up to this many images, else over a seeded subsample of this size.")
 @click.option("--seed", type=int, default=0, help="Seed of the subsample.")
