@@ -306,3 +306,19 @@ def test_equality_benchmark_shims_the_reference_op_without_building_it(tmp_path,
         ngf, settings, _, _ = VARIANTS[variant]
         config = bench.ncsn_config(bench.CONFIGS[name])
         assert (config.ngf, config.ncsnpp) == (ngf, model_config(ngf, settings).ncsnpp)
+
+
+@pytest.mark.parametrize("variant", sorted(TINY))
+def test_channels_last_and_bf16_autocast_give_the_same_score(variant):
+    torch.manual_seed(0)
+    model = build_score_model(model_config(16, TINY[variant], num_scales=10)).eval()
+    x, sigma = torch.rand(2, 3, 8, 8), torch.tensor([0.1, 5.0])
+    with torch.no_grad():
+        expected = model(x, sigma)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = model(x, sigma)
+        model.to(memory_format=torch.channels_last)
+        last = model(x.contiguous(memory_format=torch.channels_last), sigma)
+    scale = expected.abs().max()
+    assert (last - expected).abs().max() <= 1e-5 * scale
+    assert half.dtype == torch.bfloat16 and (half.float() - expected).abs().max() <= 0.1 * scale
