@@ -75,7 +75,8 @@ class ScoreModel(nn.Module):
 
     ``forward(x, sigma)`` is the score function losses and samplers call (sigma: float32, shape (N,)).
     ``at_levels(x, labels)`` is the same score at ladder positions, for code that speaks level indices.
-    ``scale_by_sigma`` (NCSNv2's s = f(x)/sigma) is implied by an unconditional network and optional for v1.
+    ``scale_by_sigma`` (s = f(x)/sigma) is implied by an unconditional (NCSNv2) or sigma-conditioned (NCSN++) network
+    and optional for v1.
     """
 
     def __init__(self, net: nn.Module, sigmas: torch.Tensor, scale_by_sigma: bool = False):
@@ -85,7 +86,8 @@ class ScoreModel(nn.Module):
         self.level_conditioned = bool(getattr(net, "level_conditioned", True))
         self.sigma_conditioned = getattr(net, "conditioning", None) == "sigma"
         if not self.level_conditioned and not scale_by_sigma:
-            raise ValueError(f"{type(net).__name__} is unconditional: it needs scale_by_sigma=True (s = f(x)/sigma)")
+            what = "returns sigma x score" if self.sigma_conditioned else "is unconditional"
+            raise ValueError(f"{type(net).__name__} {what}: it needs scale_by_sigma=True (s = f(x)/sigma)")
         self.scale_by_sigma = scale_by_sigma
 
     @property
