@@ -281,3 +281,44 @@ def test_checkpoint_and_export_rebuild_the_same_ncsnpp(tmp_path):
         for source in (path, export_slim(path, tmp_path / "export")):
             loaded, loaded_config, _ = load_score_model(source)
             assert loaded_config.model == config.model and torch.equal(loaded(x, sigma), expected)
+
+
+def test_equality_benchmark_shims_the_reference_op_without_building_it(tmp_path, monkeypatch):
+    """benchmarks/ncsnpp_vs_official.py takes the reference's native upfirdn2d from its source and never runs the
+    module's CUDA build; its configs describe the same networks as the variants above."""
+    import pathlib
+    import sys
+
+    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).parent.parent / "benchmarks"))
+    import ncsnpp_vs_official as bench
+
+    (tmp_path / "op").mkdir()
+    (tmp_path / "op" / "upfirdn2d.py").write_text(
+        "raise RuntimeError('this would compile CUDA')\n\n"
+        "def upfirdn2d_native(input, kernel, up_x, up_y, down_x, down_y, pad_x0, pad_x1, pad_y0, pad_y1):\n"
+        "    return F.pad(input, [pad_x0, pad_x1, pad_y0, pad_y1]) * kernel.sum() + up_x + 10 * down_y\n"
+    )
+    monkeypatch.setitem(sys.modules, "op", None)  # restored (removed) after the test
+    bench.stub_op(tmp_path)
+    out = sys.modules["op"].upfirdn2d(torch.ones(1, 1, 2, 2), torch.full((2, 2), 0.5), up=2, down=3, pad=(1, 0))
+    assert out.shape == (1, 1, 3, 3) and out[0, 0, 1, 1] == 2 + 2 + 30 and out[0, 0, 0, 0] == 32
+    for name, variant in [("cifar10_continuous", "cifar10_continuous"), ("ffhq256", "256px_continuous")]:
+        ngf, settings, _, _ = VARIANTS[variant]
+        config = bench.ncsn_config(bench.CONFIGS[name])
+        assert (config.ngf, config.ncsnpp) == (ngf, model_config(ngf, settings).ncsnpp)
+
+
+@pytest.mark.parametrize("variant", sorted(TINY))
+def test_channels_last_and_bf16_autocast_give_the_same_score(variant):
+    torch.manual_seed(0)
+    model = build_score_model(model_config(16, TINY[variant], num_scales=10)).eval()
+    x, sigma = torch.rand(2, 3, 8, 8), torch.tensor([0.1, 5.0])
+    with torch.no_grad():
+        expected = model(x, sigma)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = model(x, sigma)
+        model.to(memory_format=torch.channels_last)
+        last = model(x.contiguous(memory_format=torch.channels_last), sigma)
+    scale = expected.abs().max()
+    assert (last - expected).abs().max() <= 1e-5 * scale
+    assert half.dtype == torch.bfloat16 and (half.float() - expected).abs().max() <= 0.1 * scale

@@ -162,3 +162,16 @@ def test_cli_samples_an_official_file_with_a_sampler_off_the_ladder(tmp_path):
                  "--n", "2", "--batch-size", "2", "--out", tmp_path / "out", "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert np.load(tmp_path / "out" / "samples.npz")["samples"].shape[0] == 2
+
+
+def test_discrete_checkpoint_loads_as_a_level_conditioned_model_on_its_ladder(tmp_path):
+    model, _ = tiny_model(embedding="positional")
+    path = scoresde_file(model, tmp_path / "c.pth")
+    loaded, config, info = load_score_model(path, ema=False, dataset="cifar10")
+    assert config.model.ncsnpp.embedding == "positional" and loaded.level_conditioned
+    ladder = torch.tensor(np.exp(np.linspace(np.log(50.0), np.log(0.01), 10)), dtype=torch.float32)
+    assert torch.equal(loaded.sigmas, ladder)
+    x, levels = torch.rand(2, 3, 16, 16), torch.tensor([0, 7])
+    with torch.no_grad():  # the raw network at the ladder index, divided by that level's sigma
+        expected = model.net(x, levels) / ladder[levels].view(-1, 1, 1, 1)
+        assert torch.allclose(loaded(x, ladder[levels]), expected, rtol=1e-6)

@@ -84,7 +84,8 @@ class ScoreModel(nn.Module):
 
     ``forward(x, sigma)`` is the score function losses and samplers call (sigma: float32, shape (N,)).
     ``at_levels(x, labels)`` is the same score at ladder positions, for code that speaks level indices.
-    ``scale_by_sigma`` (NCSNv2's s = f(x)/sigma) is implied by an unconditional network and optional for v1.
+    ``scale_by_sigma`` (s = f(x)/sigma) is implied by an unconditional (NCSNv2) or sigma-conditioned (NCSN++) network
+    and optional for v1.
     A network whose weights are not float32 (bf16, say) gets x in its own dtype and answers in x's.
     """
 
@@ -100,7 +101,8 @@ class ScoreModel(nn.Module):
         if preconditioning not in PRECONDITIONINGS:
             raise ValueError(f"preconditioning must be one of {PRECONDITIONINGS}, got {preconditioning!r}")
         if not self.level_conditioned and not scale_by_sigma and preconditioning == "none":
-            raise ValueError(f"{type(net).__name__} is unconditional: it needs scale_by_sigma=True (s = f(x)/sigma)")
+            what = "returns sigma x score" if self.sigma_conditioned else "is unconditional"
+            raise ValueError(f"{type(net).__name__} {what}: it needs scale_by_sigma=True (s = f(x)/sigma)")
         self.scale_by_sigma = scale_by_sigma
         self.preconditioning, self.sigma_data = preconditioning, float(sigma_data)
 
