@@ -247,3 +247,28 @@ def test_sample_says_which_weights_of_a_run_folder_it_used(tmp_path, monkeypatch
     said = [line for line in result.stderr.splitlines() if "model.safetensors" in line]
     assert said == [f"{run}: using checkpoints/checkpoint_00000010.pt: checkpoints/checkpoint_00000010.pt (step 10) "
                     "is newer than model.safetensors (exported at step 5)"]
+
+
+def test_a_model_of_a_folder_dataset_without_its_root_exports_and_samples_but_reading_images_needs_the_root(tmp_path):
+    """An official file loaded with --dataset folder has no data.root: its export must load again (sampling reads
+    no images), while anything that reads images still gets the one line naming data.root."""
+    from ncsn.config import ConfigError, from_dict, to_dict
+    from ncsn.data import DatasetNotFoundError, load_split
+
+    config = load_config("folder", ["data.root=x", "data.image_size=8", "model.ngf=4", "model.in_channels=3"])
+    values = to_dict(config)
+    values["data"]["root"] = None
+    with pytest.raises(ConfigError, match="config key 'data.root'"):
+        from_dict(values)  # a training run still needs it at once
+    rootless = from_dict(values, data_root_needed=False)
+    torch.manual_seed(0)
+    model = build_score_model(rootless.model)
+    opt = torch.optim.Adam(model.parameters())
+    atomic_save(training_state(1, rootless, model, opt), tmp_path / "ck.pt")
+    out = export_slim(tmp_path / "ck.pt", tmp_path / "export", ema=False)
+    loaded, loaded_config, _ = load_score_model(out)
+    x, y = torch.rand(2, 3, 8, 8), torch.tensor([1, 2])
+    assert loaded_config.data.root is None
+    assert torch.equal(loaded.at_levels(x, y), model.eval().at_levels(x, y))
+    with pytest.raises(DatasetNotFoundError, match="^config key 'data.root': the folder dataset needs data.root=DIR"):
+        load_split(loaded_config.data, "train")

@@ -369,7 +369,7 @@ def _from_training_state(state, source: Path, ema: bool | None) -> tuple[ScoreMo
     if not isinstance(state, dict) or state.get("format") not in (FORMAT, SNAPSHOT_FORMAT):
         raise CheckpointError(f"{source}: not an ncsn or official NCSN checkpoint (found {_describe(state)})")
     try:
-        config = from_dict(state["config"])
+        config = from_dict(state["config"], data_root_needed=False)
     except ConfigError as err:
         raise CheckpointError(f"{source}: its stored config is invalid ({err})") from None
     if state["format"] == SNAPSHOT_FORMAT:
@@ -400,7 +400,7 @@ def _load_export(path: Path) -> tuple[ScoreModel, RunConfig, dict]:
         raise CheckpointError(f"{path}: no config.json beside it; an ncsn export is model.safetensors + config.json")
     try:
         meta = json.loads(meta_path.read_text())
-        config = from_dict(meta["config"])
+        config = from_dict(meta["config"], data_root_needed=False)
     except (ValueError, KeyError, TypeError) as err:  # ValueError: not UTF-8, not JSON, or an invalid config
         first = (str(err).splitlines() or [type(err).__name__])[0][:120]
         raise CheckpointError(f"{meta_path}: not an ncsn export config ({first})") from None

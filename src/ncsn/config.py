@@ -136,9 +136,12 @@ def _merge(base, *layers):
         raise ConfigError(f"{where}: {message}") from None
 
 
-def from_dict(values: dict, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Validate a plain nested dict (e.g. one read back from a checkpoint), then ``key=value`` overrides."""
-    return _build([values], overrides)
+def from_dict(values: dict, overrides: list[str] | tuple[str, ...] = (), data_root_needed: bool = True) -> RunConfig:
+    """Validate a plain nested dict (e.g. one read back from a checkpoint), then ``key=value`` overrides.
+
+    ``data_root_needed=False`` accepts a folder dataset without data.root: a model's weights and config (an export
+    of an official file made with ``--dataset folder``) sample without any images; reading them still needs it."""
+    return _build([values], overrides, data_root_needed)
 
 
 def load_config(name_or_path: str = "digits", overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -146,13 +149,13 @@ def load_config(name_or_path: str = "digits", overrides: list[str] | tuple[str, 
     return _build([_read_yaml(name_or_path)], overrides)
 
 
-def _build(layers: list, overrides) -> RunConfig:
+def _build(layers: list, overrides, data_root_needed: bool = True) -> RunConfig:
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         layers.append(OmegaConf.from_dotlist([item]))
     config = _resolve(OmegaConf.to_object(_merge(OmegaConf.structured(RunConfig), *layers)))
-    validate(config)
+    validate(config, data_root_needed)
     return config
 
 
@@ -190,10 +193,10 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"config key '{key}': {message}")
 
 
-def _validate_data(d, m) -> None:
+def _validate_data(d, m, root_needed: bool = True) -> None:
     """Channels the images can give, the folder dataset's root, crop, split and memory settings."""
     if d.dataset == "folder":
-        _check(d.root is not None, "data.root", "the folder dataset needs data.root=DIR (a folder of images)")
+        _check(d.root is not None or not root_needed, "data.root", "the folder dataset needs data.root=DIR (a folder of images)")
         _check(m.in_channels in FOLDER_CHANNELS, "model.in_channels",
                f"folder images convert to 1 (grey) or 3 (RGB) channels, got {m.in_channels}")
         _check(d.channels == m.in_channels, "data.channels",
@@ -241,8 +244,9 @@ def _validate_ncsnpp(d, m) -> None:
         _check(False, "model.ngf" if key == "nf" else f"model.ncsnpp.{key}", message)
 
 
-def validate(config: RunConfig) -> None:
-    """Values that types alone cannot rule out: impossible sigmas, sizes, rates and cadences."""
+def validate(config: RunConfig, data_root_needed: bool = True) -> None:
+    """Values that types alone cannot rule out: impossible sigmas, sizes, rates and cadences (``from_dict`` says
+    when a folder dataset may lack its root)."""
     for key, value in flat(config).items():
         _check(not isinstance(value, float) or math.isfinite(value), key, f"must be a finite number, got {value}")
     d, m, t, s = config.data, config.model, config.training, config.sampling
@@ -253,7 +257,7 @@ def validate(config: RunConfig) -> None:
     _check(m.scale_by_sigma or ARCHITECTURES[m.arch].level_conditioned or m.preconditioning == "edm",
            "model.scale_by_sigma",
            f"{m.arch} {how}: set it to true")
-    _validate_data(d, m)
+    _validate_data(d, m, data_root_needed)
     _check(m.ngf >= 1, "model.ngf", f"must be >= 1, got {m.ngf}")
     _check(m.sigma_min > 0, "model.sigma_min", f"must be positive, got {m.sigma_min}")
     _check(m.sigma_max > m.sigma_min, "model.sigma_max", f"must exceed model.sigma_min ({m.sigma_min}), got {m.sigma_max}")

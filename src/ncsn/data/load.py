@@ -27,7 +27,7 @@ def _attempt(config: DataConfig, split: str, write: bool) -> tuple[np.ndarray, n
     """Read a split from the first root that has it, downloading into the last one; writes only when ``write``."""
     if config.dataset == "folder":
         if not config.root:
-            raise ValueError("data.root: the folder dataset needs data.root=DIR (a folder of images)")
+            raise DatasetNotFoundError("config key 'data.root': the folder dataset needs data.root=DIR (a folder of images)")
         return folder.read(config, Path(config.root).expanduser(), split, write)
     reader, roots, errors = READERS[config.dataset], candidate_roots(config), []
     for root in roots:
