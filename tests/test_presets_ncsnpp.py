@@ -66,3 +66,20 @@ def test_a_preset_network_follows_a_changed_image_size():
     with pytest.raises(ConfigError, match="model.ncsnpp.attn_resolutions|model.ncsnpp.image_size"):
         load_config("ffhq256_ncsnpp", [*FOLDER, "data.image_size=96"])
     assert load_config("ffhq256_ncsnpp", [*FOLDER, "data.image_size=1024"]).model.ncsnpp.image_size == 1024
+
+
+def test_digits_ncsnpp_is_a_small_continuous_ve_ncsnpp_sampled_by_heun_under_100_evaluations():
+    c = load_config("digits_ncsnpp")
+    digits = load_config("digits")
+    m, t, s = c.model, c.training, c.sampling
+    with torch.device("meta"):
+        model = build_score_model(m)
+    assert sum(p.numel() for p in model.net.parameters()) == 447_137 and model.sigma_conditioned
+    assert (m.ncsnpp.ch_mult, m.ncsnpp.num_res_blocks, m.ncsnpp.attn_resolutions, m.ngf) == ([1, 2, 2], 2, [4], 16)
+    assert (m.sigma_max, m.sigma_min, m.num_scales) == (digits.model.sigma_max, digits.model.sigma_min, 12)
+    assert (t.objective, t.n_iters, t.batch_size, t.ema_warmup) == ("ve", digits.training.n_iters, 128, True)
+    assert c.data == digits.data
+    ladder = geometric_sigmas(m.sigma_max, m.sigma_min, m.num_scales)
+    assert (s.sampler, s.s_churn, s.s_min, s.s_max, s.s_noise) == ("heun", 10.0, 0.0, None, 1.0)
+    assert expected_nfe(settings_from(s), ladder) == 69
+    assert expected_nfe(settings_from(s, sampler="ald"), ladder) == 12 * 10 + 1  # the digits preset's 121

@@ -23,7 +23,7 @@ from ..samplers import used_settings
 from ..resume import resume_config
 from ..training import train
 from .options import POSITIVE, device_option, user_errors, write_json
-from .sampler_options import apply_sampler_options, sampler_options
+from .sampler_options import apply_sampler_options, note_untrained_ladder, sampler_options
 
 
 def model_source(workdir: str | None, checkpoint: str | None) -> str:
@@ -133,6 +133,8 @@ def sample_to_folder(model, config, info, n, seed, out, dist_info, progression=F
     shape = (config.model.in_channels, config.data.image_size, config.data.image_size)
     first_batch = (min(config.sampling.batch_size, n), *shape)
     runtime = resolve(runtime or current_runtime(), model, dist_info.device, first_batch, training=False)
+    if dist_info.is_main:
+        note_untrained_ladder(config)
     out = Path(out)
     start = time.perf_counter()
     spent: dict = {}
