@@ -275,6 +275,7 @@ def _loop(config: RunConfig, workdir: Path, info, runtime: RuntimeOptions, progr
     nonfinite = torch.zeros((), dtype=torch.bool, device=info.device)
     loss_steps, last_loss, saved = 0, float("nan"), None
     speed = {"start": time.perf_counter(), "steps": 0}
+    deadline = None if t.time_budget_s is None else speed["start"] + t.time_budget_s  # this invocation's wall clock
 
     def check_finite(step: int) -> None:
         if distributed.any_true(nonfinite):
@@ -296,8 +297,11 @@ def _loop(config: RunConfig, workdir: Path, info, runtime: RuntimeOptions, progr
             speed["steps"] += 1
             done = step + 1
             bar.update(1)
+            # the last step: n_iters, or the time budget spent (every rank stops at the same step)
+            last = done == t.n_iters or (deadline is not None and distributed.any_true(
+                torch.tensor(time.perf_counter() >= deadline)))
 
-            if done % t.log_every == 0 or done == t.n_iters:
+            if done % t.log_every == 0 or last:
                 check_finite(done)
                 last_loss = (loss_sum / loss_steps).item()
                 images_per_s = speed["steps"] * t.batch_size / max(time.perf_counter() - speed["start"], 1e-9)
@@ -310,13 +314,13 @@ def _loop(config: RunConfig, workdir: Path, info, runtime: RuntimeOptions, progr
 
             sampler_model = ema.module if ema is not None else model
             side_work = time.perf_counter()  # held-out loss, checkpoints and grids do not count towards images/s
-            if info.is_main and (done % t.eval_every == 0 or done == t.n_iters):
+            if info.is_main and (done % t.eval_every == 0 or last):
                 sampler_model.eval()
                 per_level = heldout_loss(sampler_model, test_images, sigmas, t.anneal_power, t.seed)
                 sampler_model.train()
                 log.write({"step": done, "test_loss": sum(per_level) / len(per_level), "test_loss_per_level": per_level})
 
-            if done % t.checkpoint_every == 0 or done % t.snapshot_every == 0 or done == t.n_iters:
+            if done % t.checkpoint_every == 0 or done % t.snapshot_every == 0 or last:
                 check_finite(done)
                 if info.is_main:
                     saved = ckpt.atomic_save(
@@ -330,7 +334,7 @@ def _loop(config: RunConfig, workdir: Path, info, runtime: RuntimeOptions, progr
                         config_written = config
                     ckpt.prune_checkpoints(workdir, t.keep_last, t.snapshot_every)
 
-            if info.is_main and (done % t.sample_every == 0 or done == t.n_iters):
+            if info.is_main and (done % t.sample_every == 0 or last):
                 sampler_model.eval()
                 with cudnn_benchmark(False):  # sampling keeps cuDNN's fixed choice: same seed, same grid
                     _, images, _ = generate(sampler_model, sigmas, t.sample_n, tuple(x.shape[1:]), config.sampling,
@@ -340,6 +344,10 @@ def _loop(config: RunConfig, workdir: Path, info, runtime: RuntimeOptions, progr
                 sampler_model.train()
                 save_grid(workdir / "samples" / f"step_{done:08d}.png", images)
             speed["start"] += time.perf_counter() - side_work
+            if last and done < t.n_iters:
+                if info.is_main:
+                    log.write({"step": done, "stopped": "time_budget", "time_budget_s": t.time_budget_s})
+                return TrainResult(step=done, last_loss=last_loss, checkpoint=saved or ckpt.latest_checkpoint(workdir))
     finally:
         bar.close()
         log.close()

@@ -198,7 +198,9 @@ def train_command(config_name, workdir, overrides, resume, device, progress):
     result = train(config, workdir, resume=resume, device=device, progress=progress, runtime=current_runtime())
     if distributed.setup(device).is_main:
         loss = "" if math.isnan(result.last_loss) else f"; loss {result.last_loss:.4f}"
-        click.echo(f"trained to step {result.step}{loss}; checkpoint {result.checkpoint}")
+        budget = (f" (training.time_budget_s {config.training.time_budget_s:g} spent; --resume continues)"
+                  if result.step < config.training.n_iters else "")
+        click.echo(f"trained to step {result.step}{budget}{loss}; checkpoint {result.checkpoint}")
     distributed.cleanup()
 
 
