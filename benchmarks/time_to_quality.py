@@ -277,7 +277,8 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    plot(rows, real, out.with_suffix(".png"), f"time to quality, {args.threads} threads, {args.n} samples")
+    title = f"time to quality ({args.threads} threads per process, {args.n} samples per point)"
+    plot(rows, real, out.with_suffix(".png"), title)
     text = table(rows, sorted(args.budgets), real)
     out.with_suffix(".md").write_text(text + "\n")
     print(text)

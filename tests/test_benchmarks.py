@@ -233,6 +233,7 @@ def test_time_to_quality_races_recipes_in_timed_stages_and_reports_fid_per_minut
     result = race.main(["--budgets", "0.02", "--recipes", "digits,digits_ncsnpp", "--threads", "1", "--n", "16",
                         "--calibration-steps", "2", "--precision", "fp32", "--set=model.ngf=4",
                         "--set=training.batch_size=16", "--set=sampling.batch_size=16",
+                        "--set=sampling.n_steps_each=1", "--set=sampling.n_steps=2",  # the training grids too
                         "--sample-set=sampling.n_steps_each=1", "--sample-set=sampling.n_steps=2",
                         "--workdir", str(tmp_path / "runs"), "--out", str(out)])
     assert json.loads(out.with_suffix(".json").read_text()) == json.loads(json.dumps(result))
@@ -242,7 +243,8 @@ def test_time_to_quality_races_recipes_in_timed_stages_and_reports_fid_per_minut
     for fraction in race.FRACTIONS:  # the recipes alternate within every stage
         assert [o[0] for o in result["order"][2:] if o[2] == fraction] in (names, names[:1], names[1:], [])
     stages = [argv for argv, _ in calls if "calibration" not in argv[argv.index("--workdir") + 1]]
-    budgets = sorted(float(a.rsplit("=", 1)[1]) for argv in stages for a in argv if a.startswith("--set=training.time_b"))
+    budgets = sorted(float(a.rsplit("=", 1)[1]) for argv in stages for a in argv
+                     if a.startswith("--set=training.time_budget_s"))
     assert budgets == pytest.approx([0.3, 0.3, 0.3, 0.3, 0.6, 0.6][:len(budgets)])
     assert ["--resume" in argv for argv in stages] == [False, False] + [True] * (len(stages) - 2)
     nfe = {("digits", "fast"): 12 + 1, ("digits", "ald"): 12 + 1, ("digits_ncsnpp", "fast"): 3,
@@ -272,3 +274,27 @@ def test_time_to_quality_races_recipes_in_timed_stages_and_reports_fid_per_minut
     assert len(table) == 2 + 4 + 1 and table[-1].startswith("| real test split |")
     with pytest.raises(SystemExit, match="not empty"):
         race.main(["--budgets", "1", "--workdir", str(tmp_path / "runs"), "--out", str(out)])
+
+
+def test_time_to_quality_recipes_are_valid_and_their_fast_samplers_stay_within_100_nfe(bench):
+    """Every shipped recipe builds a valid config for each of its samplers; the fast ones cost <= 100 NFE; NCSNv2 runs
+    on the noise plan of the digits (17 levels from the farthest pair's distance down to the digits' 0.05)."""
+    import time_to_quality as race
+
+    from ncsn.samplers import expected_nfe, settings_from
+    from ncsn.sigmas import geometric_sigmas
+
+    assert set(race.RECIPES) == {"digits", "digits_v2", "digits_ncsnpp", "digits_ncsnpp_edm"}
+    for name, recipe in race.RECIPES.items():
+        sets = race.plan_overrides(recipe, [])
+        for label, sampling in recipe.samplers.items():
+            c = load_config(recipe.preset, [*sets, *sampling])
+            ladder = geometric_sigmas(c.model.sigma_max, c.model.sigma_min, c.model.num_scales)
+            nfe = expected_nfe(settings_from(c.sampling), ladder)
+            assert (c.sampling.sampler == "ald") == (label == "ald" or name == "digits"), (name, label)
+            assert label == "ald" or nfe <= 100, (name, label, nfe)
+        if name == "digits_v2":
+            assert (c.model.arch, c.model.num_scales, c.model.sigma_min) == ("ncsnv2", 17, 0.05)
+            assert c.model.sigma_max == pytest.approx(4.8137, abs=1e-4) and c.sampling.n_steps_each == 5
+    edm = load_config("digits_ncsnpp", race.RECIPES["digits_ncsnpp_edm"].overrides)
+    assert (edm.training.objective, edm.model.preconditioning) == ("edm", "edm")
