@@ -88,6 +88,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", default="auto", help="--precision of every training process")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="KEY=VALUE for every recipe")
     p.add_argument("--sample-set", action="append", default=[], help="sampling KEY=VALUE for every sampler")
+    p.add_argument("--samplers", default="fast,ald", help="which of each recipe's samplers score the snapshots")
     p.add_argument("--calibration-steps", type=int, default=CALIBRATION_STEPS,
                    help="steps timed per recipe to size n_iters; 0 keeps each recipe's n_iters")
     p.add_argument("--workdir", default="runs/time_to_quality", help="folder for the run folders (must be new)")
@@ -100,6 +101,9 @@ def parse(argv=None) -> argparse.Namespace:
     if not args.budgets or min(args.budgets) <= 0 or args.threads < 1 or args.n < 1 or args.calibration_steps < 0:
         p.error("--budgets must be positive minutes; --threads and --n >= 1; --calibration-steps >= 0")
     args.recipes = names
+    args.samplers = [s for s in args.samplers.split(",") if s]
+    if not args.samplers or set(args.samplers) - {"fast", "ald"}:
+        p.error(f"--samplers: choose from fast, ald; got {args.samplers}")
     return args
 
 
@@ -264,13 +268,15 @@ def main(argv=None) -> dict:
         snapshots = train_stages(recipes, sets, budget, calibration, args, root, order)
         for (name, fraction), snap in snapshots.items():
             for label, sampling in recipes[name].samplers.items():
+                if label not in args.samplers:
+                    continue
                 found = score(snap["checkpoint"], sampling, args)
                 real = found.pop("real")
                 rows.append({"recipe": name, "budget_min": budget, "fraction": fraction, "minutes": fraction * budget,
                              "step": snap["step"], "n_iters": snap["n_iters"], "sampler": label, **found})
     result = {"benchmark": "time_to_quality", "machine": machine(torch.device("cpu")), "threads": args.threads,
               "budgets_min": sorted(args.budgets), "fractions": list(FRACTIONS), "n": args.n, "seed": args.seed,
-              "precision": args.precision, "overrides": args.overrides, "sample_overrides": args.sample_set,
+              "precision": args.precision, "samplers_scored": args.samplers, "overrides": args.overrides, "sample_overrides": args.sample_set,
               "recipes": {name: {"preset": r.preset, "overrides": sets[name], "samplers": r.samplers}
                           for name, r in recipes.items()},
               "calibration": calibration, "order": order, "runs": rows, "real": real}

@@ -298,3 +298,16 @@ def test_time_to_quality_recipes_are_valid_and_their_fast_samplers_stay_within_1
             assert c.model.sigma_max == pytest.approx(4.8137, abs=1e-4) and c.sampling.n_steps_each == 5
     edm = load_config("digits_ncsnpp", race.RECIPES["digits_ncsnpp_edm"].overrides)
     assert (edm.training.objective, edm.model.preconditioning) == ("edm", "edm")
+
+
+def test_time_to_quality_refuses_bad_options(bench, capsys):
+    import time_to_quality as race
+
+    args = race.parse(["--budgets", "1,2", "--samplers", "fast", "--recipes", "digits_ncsnpp", "--out", "x"])
+    assert (args.budgets, args.samplers, args.recipes, args.n, args.threads) == ([1.0, 2.0], ["fast"], ["digits_ncsnpp"],
+                                                                                  1000, 2)
+    for bad, message in ((["--recipes", "nope"], "unknown ['nope']"), (["--samplers", "pc"], "choose from fast, ald"),
+                         (["--budgets", "0"], "positive minutes")):
+        with pytest.raises(SystemExit):
+            race.parse(["--budgets", "1", "--out", "x", *bad])
+        assert message in capsys.readouterr().err
