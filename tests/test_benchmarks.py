@@ -212,3 +212,102 @@ def test_merge_combines_split_runs_of_one_model_and_refuses_different_models(ben
         quality_per_nfe.main(["--merge", *map(str, paths), "--out", str(out)])
     with pytest.raises(SystemExit):
         quality_per_nfe.main(["--out", str(out)])  # neither --workdir nor --merge
+
+
+def test_time_to_quality_races_recipes_in_timed_stages_and_reports_fid_per_minute(bench, tmp_path, monkeypatch):
+    """Two recipes at a 1.2-second budget: calibrated, trained alternating in stages stopped by training.time_budget_s
+    (resumed), every snapshot scored with both samplers; the JSON, the plotted series, the PNG and the table agree."""
+    import time_to_quality as race
+
+    from .conftest import run
+
+    calls = []
+
+    def in_process(argv, threads):  # the script's own processes, run here to keep the test to seconds
+        calls.append((argv, threads))
+        result = run(*argv)
+        assert result.exit_code == 0, result.output
+
+    monkeypatch.setattr(race, "launch", in_process)
+    out = tmp_path / "res" / "ttq"
+    result = race.main(["--budgets", "0.02", "--recipes", "digits,digits_ncsnpp", "--threads", "1", "--n", "16",
+                        "--calibration-steps", "2", "--precision", "fp32", "--set=model.ngf=4",
+                        "--set=training.batch_size=16", "--set=sampling.batch_size=16",
+                        "--set=sampling.n_steps_each=1", "--set=sampling.n_steps=2",  # the training grids too
+                        "--sample-set=sampling.n_steps_each=1", "--sample-set=sampling.n_steps=2",
+                        "--workdir", str(tmp_path / "runs"), "--out", str(out)])
+    assert json.loads(out.with_suffix(".json").read_text()) == json.loads(json.dumps(result))
+    assert {threads for _, threads in calls} == {1}
+    names = ["digits", "digits_ncsnpp"]
+    assert result["order"][:2] == [[n, "calibration"] for n in names]
+    for fraction in race.FRACTIONS:  # the recipes alternate within every stage
+        assert [o[0] for o in result["order"][2:] if o[2] == fraction] in (names, names[:1], names[1:], [])
+    stages = [argv for argv, _ in calls if "calibration" not in argv[argv.index("--workdir") + 1]]
+    budgets = sorted(float(a.rsplit("=", 1)[1]) for argv in stages for a in argv
+                     if a.startswith("--set=training.time_budget_s"))
+    assert budgets == pytest.approx([0.3, 0.3, 0.3, 0.3, 0.6, 0.6][:len(budgets)])
+    assert ["--resume" in argv for argv in stages] == [False, False] + [True] * (len(stages) - 2)
+    nfe = {("digits", "fast"): 12 + 1, ("digits", "ald"): 12 + 1, ("digits_ncsnpp", "fast"): 3,
+           ("digits_ncsnpp", "ald"): 12 + 1}  # T = 1 per level and the denoising step; heun at 2 steps
+    rows = result["runs"]
+    assert len(rows) == 2 * 3 * 2
+    for name in names:
+        cal = result["calibration"][name]
+        n_iters = max(1, int(0.02 * 60 * cal["steps_per_s"]))
+        assert cal["steps_per_s"] == pytest.approx(cal["images_per_s"] / 16)
+        mine = sorted((r for r in rows if r["recipe"] == name), key=lambda r: r["fraction"])
+        steps = [r["step"] for r in mine]
+        assert steps == sorted(steps) and steps[0] >= 1 and all(r["n_iters"] == n_iters >= r["step"] for r in mine)
+        whole = race.load_score_model(tmp_path / "runs" / f"{name}_0.02min")[2]
+        assert whole["step"] == mine[-1]["step"]
+        for r in mine:
+            assert r["nfe"] == nfe[name, r["sampler"]] and r["cfid"] > 0 and 1 <= r["cscore"] <= 10
+            assert r["minutes"] == pytest.approx(0.02 * r["fraction"])
+    lines = race.series(rows)
+    assert len(lines) == 4
+    for line in lines.values():
+        assert [m for m, _ in line["line"]] == [0.02] and [m for m, _ in line["snapshots"]] == [0.005, 0.01]
+        assert {f for _, f in line["line"] + line["snapshots"]} == {
+            r["cfid"] for r in rows if r["recipe"] == line["recipe"] and r["sampler"] == line["sampler"]}
+    assert Image.open(out.with_suffix(".png")).size == (840, 540)
+    table = out.with_suffix(".md").read_text().splitlines()
+    assert len(table) == 2 + 4 + 1 and table[-1].startswith("| real test split |")
+    with pytest.raises(SystemExit, match="not empty"):
+        race.main(["--budgets", "1", "--workdir", str(tmp_path / "runs"), "--out", str(out)])
+
+
+def test_time_to_quality_recipes_are_valid_and_their_fast_samplers_stay_within_100_nfe(bench):
+    """Every shipped recipe builds a valid config for each of its samplers; the fast ones cost <= 100 NFE; NCSNv2 runs
+    on the noise plan of the digits (17 levels from the farthest pair's distance down to the digits' 0.05)."""
+    import time_to_quality as race
+
+    from ncsn.samplers import expected_nfe, settings_from
+    from ncsn.sigmas import geometric_sigmas
+
+    assert set(race.RECIPES) == {"digits", "digits_v2", "digits_ncsnpp", "digits_ncsnpp_edm"}
+    for name, recipe in race.RECIPES.items():
+        sets = race.plan_overrides(recipe, [])
+        for label, sampling in recipe.samplers.items():
+            c = load_config(recipe.preset, [*sets, *sampling])
+            ladder = geometric_sigmas(c.model.sigma_max, c.model.sigma_min, c.model.num_scales)
+            nfe = expected_nfe(settings_from(c.sampling), ladder)
+            assert (c.sampling.sampler == "ald") == (label == "ald" or name == "digits"), (name, label)
+            assert label == "ald" or nfe <= 100, (name, label, nfe)
+        if name == "digits_v2":
+            assert (c.model.arch, c.model.num_scales, c.model.sigma_min) == ("ncsnv2", 17, 0.05)
+            assert c.model.sigma_max == pytest.approx(4.8137, abs=1e-4) and c.sampling.n_steps_each == 5
+    edm = load_config("digits_ncsnpp", race.RECIPES["digits_ncsnpp_edm"].overrides)
+    assert (edm.training.objective, edm.model.preconditioning) == ("edm", "edm")
+
+
+def test_time_to_quality_refuses_bad_options(bench, capsys):
+    import time_to_quality as race
+
+    args = race.parse(["--budgets", "1,2", "--samplers", "fast", "--recipes", "digits_ncsnpp", "--out", "x"])
+    assert (args.budgets, args.samplers, args.recipes, args.n, args.threads) == ([1.0, 2.0], ["fast"], ["digits_ncsnpp"],
+                                                                                  1000, 2)
+    for bad, message in ((["--recipes", "nope"], "unknown ['nope']"), (["--samplers", "pc"], "choose from fast, ald"),
+                         (["--budgets", "0"], "positive minutes")):
+        with pytest.raises(SystemExit):
+            race.parse(["--budgets", "1", "--out", "x", *bad])
+        assert message in capsys.readouterr().err

@@ -66,6 +66,7 @@ class TrainingConfig:
     sample_every: int = 5000
     sample_n: int = 64
     tensorboard: bool = False
+    time_budget_s: float | None = None  # stop (checkpointed, resumable) once the loop has run this many seconds
 
 
 @dataclass
@@ -278,6 +279,8 @@ def validate(config: RunConfig, data_root_needed: bool = True) -> None:
     _check(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, "training.beta1", f"betas must lie in [0, 1), got {t.beta1}, {t.beta2}")
     _check(t.eps > 0, "training.eps", f"must be positive, got {t.eps}")
     _check(t.weight_decay >= 0, "training.weight_decay", f"must be >= 0, got {t.weight_decay}")
+    _check(t.time_budget_s is None or t.time_budget_s > 0, "training.time_budget_s",
+           f"must be positive or null, got {t.time_budget_s}")
     _check(t.grad_clip is None or t.grad_clip > 0, "training.grad_clip", f"must be positive or null, got {t.grad_clip}")
     _check(0 < t.ema_rate < 1, "training.ema_rate", f"must lie in (0, 1), got {t.ema_rate}")
     for key, message in sampler_problems(s)[:1]:

@@ -316,6 +316,7 @@ def _loop(config: RunConfig, workdir: Path, info, runtime: RuntimeOptions, progr
     nonfinite = torch.zeros((), dtype=torch.bool, device=info.device)
     loss_steps, last_loss, saved = 0, float("nan"), None
     speed = {"start": time.perf_counter(), "steps": 0}
+    deadline = None if t.time_budget_s is None else speed["start"] + t.time_budget_s  # this invocation's wall clock
 
     def check_finite(step: int) -> None:
         if distributed.any_true(nonfinite):
@@ -335,8 +336,11 @@ def _loop(config: RunConfig, workdir: Path, info, runtime: RuntimeOptions, progr
             speed["steps"] += 1
             done = step + 1
             bar.update(1)
+            # the last step: n_iters, or the time budget spent (every rank stops at the same step)
+            last = done == t.n_iters or (deadline is not None and distributed.any_true(
+                torch.tensor(time.perf_counter() >= deadline)))
 
-            if done % t.log_every == 0 or done == t.n_iters:
+            if done % t.log_every == 0 or last:
                 check_finite(done)
                 last_loss = distributed.mean(loss_sum / loss_steps).item()  # the global batch's, not rank 0's
                 images_per_s = speed["steps"] * t.batch_size / max(time.perf_counter() - speed["start"], 1e-9)
@@ -349,9 +353,9 @@ def _loop(config: RunConfig, workdir: Path, info, runtime: RuntimeOptions, progr
 
             sampler_model = ema.module if ema is not None else model
             side_work = time.perf_counter()  # held-out loss, checkpoints and grids do not count towards images/s
-            evaluates = done % t.eval_every == 0 or done == t.n_iters
-            saves = done % t.checkpoint_every == 0 or done % t.snapshot_every == 0 or done == t.n_iters
-            draws = done % t.sample_every == 0 or done == t.n_iters
+            evaluates = done % t.eval_every == 0 or last
+            saves = done % t.checkpoint_every == 0 or done % t.snapshot_every == 0 or last
+            draws = done % t.sample_every == 0 or last
             if saves:
                 check_finite(done)  # a collective: before rank 0 goes off alone
             if info.is_main and evaluates:
@@ -386,6 +390,10 @@ def _loop(config: RunConfig, workdir: Path, info, runtime: RuntimeOptions, progr
             if evaluates or saves or draws:  # the others wait here, not in the next all-reduce (NCCL's watchdog)
                 distributed.wait_for_main("held-out loss, checkpoint and sample grid")
             speed["start"] += time.perf_counter() - side_work
+            if last and done < t.n_iters:
+                if info.is_main:
+                    log.write({"step": done, "stopped": "time_budget", "time_budget_s": t.time_budget_s})
+                return TrainResult(step=done, last_loss=last_loss, checkpoint=saved or ckpt.latest_checkpoint(workdir))
     finally:
         bar.close()
         log.close()

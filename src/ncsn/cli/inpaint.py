@@ -22,6 +22,7 @@ from ..runtime import score_function
 from ..samplers import callback_count, check_fits, used_settings
 from .options import user_errors, write_json
 from .run import current_runtime, model_source, nfe_summary, resolved_sampling, sampling_options
+from .sampler_options import note_untrained_ladder
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -119,6 +120,7 @@ def inpaint_command(workdir, checkpoint, ema, dataset, image_size, denoise, step
     originals = original_images(source, config, n_images).float() / 255.0
     if settings.sampler not in ("ald", "pc"):
         raise InputError(f"--sampler {settings.sampler}: inpainting works with the ald and pc samplers")
+    note_untrained_ladder(config)
     start = time.perf_counter()
     nfe: list[int] = []
     samples = complete(model, originals, known, n_per_image, settings, seed, device, redraw, nfe)

@@ -24,7 +24,7 @@ from ..samplers import denoise_for, used_settings
 from ..resume import resume_config
 from ..training import train
 from .options import POSITIVE, device_option, user_errors, write_json
-from .sampler_options import apply_sampler_options, sampler_options
+from .sampler_options import apply_sampler_options, note_untrained_ladder, sampler_options
 
 
 def model_source(workdir: str | None, checkpoint: str | None) -> str:
@@ -135,6 +135,8 @@ def sample_to_folder(model, config, info, n, seed, out, dist_info, progression=F
     shape = (config.model.in_channels, config.data.image_size, config.data.image_size)
     first_batch = (min(config.sampling.batch_size, n), *shape)
     runtime = resolve(runtime or current_runtime(), model, dist_info.device, first_batch, training=False)
+    if dist_info.is_main:
+        note_untrained_ladder(config)
     out = Path(out)
     start = time.perf_counter()
     spent: dict = {}
@@ -198,7 +200,9 @@ def train_command(config_name, workdir, overrides, resume, device, progress):
     result = train(config, workdir, resume=resume, device=device, progress=progress, runtime=current_runtime())
     if distributed.setup(device).is_main:
         loss = "" if math.isnan(result.last_loss) else f"; loss {result.last_loss:.4f}"
-        click.echo(f"trained to step {result.step}{loss}; checkpoint {result.checkpoint}")
+        budget = (f" (training.time_budget_s {config.training.time_budget_s:g} spent; --resume continues)"
+                  if result.step < config.training.n_iters else "")
+        click.echo(f"trained to step {result.step}{budget}{loss}; checkpoint {result.checkpoint}")
     distributed.cleanup()
 
 

@@ -64,3 +64,29 @@ def apply_sampler_options(sampling) -> None:
     for key, value in (ctx.meta.get(SAMPLER_KEY, {}) if ctx is not None else {}).items():
         setattr(sampling, key, value)
     validate(sampling)
+
+
+NOTED_KEY = "ncsn.ladder_noted"
+
+
+def untrained_ladder_note(config) -> str | None:
+    """The one line that says ald runs on a ladder the network was not trained over (a net trained on σ drawn
+    continuously: objective ve or edm); None when the sampler is not ald or the net was trained on that ladder."""
+    t, m = config.training, config.model
+    if config.sampling.sampler != "ald" or t.objective == "ladder":
+        return None
+    return (f"note: ald runs on the model's {m.num_scales}-level ladder (sigma {m.sigma_max:g} -> {m.sigma_min:g}), "
+            f"a ladder this network was not trained over (it was trained on continuous sigma, training.objective "
+            f"{t.objective}); running it anyway")
+
+
+def note_untrained_ladder(config) -> None:
+    """Echo ``untrained_ladder_note`` to stderr once per command (commands that sample several times say it once;
+    stdout stays the command's own output, e.g. JSON)."""
+    note = untrained_ladder_note(config)
+    ctx = click.get_current_context(silent=True)
+    if note is None or (ctx is not None and ctx.meta.get(NOTED_KEY)):
+        return
+    if ctx is not None:
+        ctx.meta[NOTED_KEY] = True
+    click.echo(note, err=True)
