@@ -26,6 +26,7 @@ from ncsn import (
 from ncsn.cli import main
 from ncsn.config import load_config
 from ncsn.data import prepare_batch
+from ncsn.losses import Objective
 from ncsn.errors import InputError
 from ncsn.generate import generate
 from ncsn.runtime import (
@@ -232,9 +233,10 @@ def test_train_step_with_options_lowers_a_finite_loss(options, monkeypatch):
     gen = torch.Generator().manual_seed(0)
     for _ in range(3):
         x = MU + S * torch.randn(64, 1, 4, 4, generator=gen)
-        labels = torch.randint(0, 10, (64,), generator=gen)
-        loss = train_step(net, model, optimizer, x, labels, torch.randn(x.shape, generator=gen), SIGMAS,
-                          config.training, runtime=options)
+        sigma = SIGMAS[torch.randint(0, 10, (64,), generator=gen)]
+        noise = torch.randn(x.shape, generator=gen)
+        loss = train_step(net, model, optimizer, x, sigma, noise, Objective("ladder", SIGMAS), config.training,
+                          runtime=options)
         assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert not torch.equal(model.conv.weight, before)
     assert bool(graphs) == options.compile  # the compiled path really ran the steps

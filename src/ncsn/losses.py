@@ -99,6 +99,7 @@ class Objective:
 
     @property
     def reduce(self) -> str:
+        """How a per-example loss sums its dimensions: "half_sum" (½ Σ), "sum" (EDM's λ‖D − y‖²) or "mean"."""
         if self.reduce_mean:
             return "mean"
         return "sum" if self.kind == "edm" else "half_sum"

@@ -173,6 +173,7 @@ class NCSNpp(nn.Module):
         self.all_modules = nn.ModuleList(modules)
 
     def check_input(self, x: torch.Tensor, cond: torch.Tensor) -> None:
+        """One line naming the problem for images of the wrong channels or a size the FIR pyramid cannot halve."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected images of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
         m = self.size_multiple
