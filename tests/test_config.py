@@ -85,6 +85,16 @@ def test_yaml_files_and_round_trip(tmp_path):
         load_config(str(tmp_path / "infinite.yaml"))
 
 
+def test_a_folder_named_like_a_preset_does_not_hide_the_preset(tmp_path, monkeypatch):
+    """`ncsn train --config digits --workdir digits`, run twice: the run folder is no config file."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "digits").mkdir()
+    assert load_config("digits") == load_config("digits", [])
+    assert load_config("digits").data.dataset == "digits"
+    (tmp_path / "mnist").write_text(to_yaml(load_config("digits", ["training.n_iters=3"])))  # a file: read as given
+    assert load_config("mnist").training.n_iters == 3
+
+
 @pytest.mark.parametrize("name, levels, eps", [("cifar10_v2", 232, 6.2e-6), ("celeba64_v2", 500, 3.3e-6),
                                                ("fashion_mnist_v2", 105, 1.063e-5)])
 def test_v2_presets_follow_the_noise_plan_and_the_v2_recipe(name, levels, eps):

@@ -93,7 +93,8 @@ def named_configs() -> list[str]:
 
 def _read_yaml(name_or_path: str) -> dict:
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    preset = name_or_path in named_configs() and not path.is_file()  # a folder named like a preset is no config file
+    if not preset and (path.suffix in (".yaml", ".yml") or path.exists()):
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
