@@ -30,7 +30,7 @@ run() {  # run "label" cmd...: bounded by the remaining budget; records a failur
 if [ "$DEVICE" = cuda ]; then
     $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device: nothing to check')" || exit 2
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >&2 || true
-    run "cuda tests" $PY -m pytest -q -m cuda tests/ -p no:cacheprovider
+    run "cuda tests" $PY -m pytest -q -n 0 -m cuda tests/ -p no:cacheprovider
     TRAIN=(--config cifar10 --device cuda --repeats 20)
     SAMPLE=(--config cifar10 --device cuda --batch-size 1000 --steps-each 5 --repeats 3)
 else

@@ -32,6 +32,13 @@ for _kind, (_model, _flags) in FAKE_CPUS.items():
                                       for i in range(2)))
 os.environ["NCSN_CPUINFO"] = str(CPUINFO["avx2"])
 real_cpu_info = autotune.cpu_info
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one worker per core (pyproject's -n auto), one thread each
+    torch.set_num_threads(1)
+
+
+def pytest_xdist_auto_num_workers(config):
+    """-n auto: a worker per core, at most 4 (each imports torch; the suite is sized for two cores)."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
 @pytest.fixture(autouse=True)

@@ -44,7 +44,9 @@ def _attempt(config: DataConfig, split: str, write: bool) -> tuple[np.ndarray, n
         try:
             download(config.dataset, roots[-1])
         except Exception as err:  # noqa: BLE001 - offline, HTTP error, bad checksum: say where the files belong instead
-            first_line = (str(err).splitlines() or [""])[0][:120]
+            first_line = (str(err).splitlines() or [""])[0]
+            if not isinstance(err, DatasetNotFoundError):  # our own lines are kept whole: they name the file
+                first_line = first_line[:120]
             raise missing(config, f"download failed ({type(err).__name__}: {first_line})") from None
         return reader(config, roots[-1], split, write)
     raise errors[-1] if errors else missing(config, "files not found")
