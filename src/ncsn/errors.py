@@ -64,3 +64,7 @@ def storage_errors(path: str | Path):
         if message is None:
             raise
         raise StorageError(err.errno, message) from None
+
+
+class CheckpointError(NcsnError, ValueError):
+    """A checkpoint that cannot be used: missing, corrupt, truncated or foreign. One line, naming the file."""
