@@ -1,5 +1,5 @@
 """Checkpoints: full training state for resuming, slim snapshots and safetensors exports for sampling, official
-NCSN weights (safe unpickling in ``ncsn.safe_load``).
+NCSN weights (safe unpickling in ``ncsn.safe_load``, Score-SDE files in ``ncsn.official_scoresde``).
 
 Everything is read with ``torch.load(weights_only=True)``: loading never runs code. Files are written to a temp
 name and renamed, so a crash leaves either the old file or the new one, never half of one.
@@ -18,6 +18,7 @@ import torch
 from .config import ConfigError, RunConfig, from_dict, to_dict
 from .errors import CheckpointError
 from .io import save_torch, write_bytes, write_json
+from .official_scoresde import is_scoresde, load_scoresde
 from .safe_load import safe_load
 from .score_model import ScoreModel, build_score_model
 
@@ -211,8 +212,6 @@ def load_score_model(source: str | Path, ema: bool | None = None, device="cpu", 
             from .official import load_official
 
             return _to(load_official(state, source, ema, dataset, image_size), device)
-        from .official_scoresde import is_scoresde, load_scoresde
-
         if is_scoresde(state):  # Score-SDE's {'model', 'ema', 'optimizer', 'step'}
             return _to(load_scoresde(state, source, ema, dataset, image_size), device)
         loaded = _from_training_state(state, source, ema)

@@ -12,34 +12,18 @@ release, which gives the image size); its noise ladder, hence sigma_max, is the 
 
 from __future__ import annotations
 
-import contextlib
 import re
 from dataclasses import asdict
 
-import numpy as np
 import torch
 
-from .checkpoint import CheckpointError
 from .config import RunConfig, SamplingConfig
 from .data import DATASETS, DataConfig
+from .errors import CheckpointError
 from .score_model import ModelConfig, NCSNppConfig, ScoreModel, build_score_model
 
 ATTENTION_PX = 16  # every Score-SDE NCSN++ release attends at 16 px
 SNR = {32: 0.16, 256: 0.075, 1024: 0.15}  # the official PC corrector's snr per image size
-_SCALAR = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
-_DTYPES = [type(np.dtype(code)) for code in "?bhilqBHILQefd"]
-NUMPY_GLOBALS = [_SCALAR, np.dtype, (_SCALAR, "numpy.core.multiarray.scalar"),
-                 (_SCALAR, "numpy._core.multiarray.scalar"), *_DTYPES]
-NUMPY_NAMES = {"numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar", "numpy.dtype",
-               *(f"{t.__module__}.{t.__qualname__}" for t in _DTYPES)}
-
-
-def numpy_scalars():
-    """Context in which ``torch.load(weights_only=True)`` also admits numpy scalars and dtypes (no callables)."""
-    try:
-        return torch.serialization.safe_globals(NUMPY_GLOBALS)
-    except AttributeError:  # a torch without the allowlist API: numpy scalars stay refused
-        return contextlib.nullcontext()
 
 
 def is_scoresde(state) -> bool:
