@@ -132,11 +132,7 @@ class ScoreModel(nn.Module):
             raw = self._edm_raw(x, sigma)
             out = edm_score(x, sigma, raw, self.sigma_data).to(raw.dtype)
             return out.to(x.dtype) if dtype != x.dtype else out
-        inp = x.to(dtype)  # samplers hand float32 x to every network
-        if self.level_conditioned:
-            out = self.net(inp, self.levels_of(sigma))
-        else:
-            out = self.net(inp, sigma) if self.sigma_conditioned else self.net(inp)
+        out = self._run_net(x.to(dtype), sigma, sigma)  # samplers hand float32 x to every network
         if dtype != x.dtype:
             out = out.to(x.dtype)
         if self.scale_by_sigma:  # divided in float32 whatever the network's precision, then back to its dtype
@@ -151,11 +147,13 @@ class ScoreModel(nn.Module):
         """F(c_in (x − m), c_noise): the network's output under EDM's preconditioning."""
         _, _, c_in, _ = edm_coefficients(sigma, self.sigma_data)
         u = (c_in.view(-1, *([1] * (x.dim() - 1))) * (x - DATA_MEAN)).to(self._net_dtype(x))
+        return self._run_net(u, sigma, edm_network_sigma(sigma))
+
+    def _run_net(self, u: torch.Tensor, sigma: torch.Tensor, sigma_in: torch.Tensor) -> torch.Tensor:
+        """The raw network on ``u`` as it is conditioned: the ladder level of sigma, ``sigma_in``, or nothing."""
         if self.level_conditioned:
             return self.net(u, self.levels_of(sigma))
-        if self.sigma_conditioned:
-            return self.net(u, edm_network_sigma(sigma))
-        return self.net(u)
+        return self.net(u, sigma_in) if self.sigma_conditioned else self.net(u)
 
     def denoise(self, x: torch.Tensor, sigma) -> torch.Tensor:
         """D(x; σ) = x + σ² s(x, σ), the denoiser the score implies (EDM's own D under its preconditioning)."""
