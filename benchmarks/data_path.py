@@ -26,6 +26,7 @@ from common import machine, parser, spread, sync, timed
 
 from ncsn.config import load_config
 from ncsn.data import prepare_batch, training_images
+from ncsn.losses import objective_for
 from ncsn.score_model import build_score_model
 from ncsn.training import EpochBatches, _seeded, make_optimizer, train_step
 
@@ -92,6 +93,7 @@ def main() -> None:
         torch.manual_seed(0)
         model = build_score_model(config.model).to(device)
         optimizer = make_optimizer(model, t)
+        objective = objective_for(config, model.sigmas)
         batches = EpochBatches(len(sources["memory"]), batch, t.seed, device)
         results = {name: {"step": [], "batch": [], "index": []} for name in sources}
         step_no = {"k": 0}
@@ -105,9 +107,9 @@ def main() -> None:
         def step(images):
             x = gather(images)
             gen = _seeded(t.seed, 4, step_no["k"], device)
-            labels = torch.randint(0, model.num_scales, (batch,), generator=gen, device=device)
+            sigma = objective.draw_sigma(batch, gen, device)
             noise = torch.randn(x.shape, generator=gen, device=device)
-            train_step(model, model, optimizer, x, labels, noise, model.sigmas, t)
+            train_step(model, model, optimizer, x, sigma, noise, objective, t)
 
         for _ in range(args.rounds):
             for name, images in sources.items():

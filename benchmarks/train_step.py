@@ -1,7 +1,8 @@
-"""Time the library's training step (batch drawing + forward + backward + Adam) and print JSON.
+"""Time the library's training step (batch drawing + forward + backward + Adam + EMA) and print JSON.
 
     python benchmarks/train_step.py --config fashion_mnist --repeats 3
     python benchmarks/train_step.py --config cifar10 --device cuda --compile --precision bf16 --channels-last
+    python benchmarks/train_step.py --config cifar10_ncsnpp --batch-size 8 --set training.activation_checkpointing=true
 
 Images are random uint8 of the config's shape (the speed does not depend on the pixels, and no dataset is
 needed). Reports images/s and seconds per step (median, min, max over the repeats) and peak memory.
@@ -14,7 +15,10 @@ import json
 import torch
 from common import machine, parser, peak_memory, setup, spread, timed
 
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
 from ncsn.data import prepare_batch
+from ncsn.losses import objective_for
 from ncsn.runtime import autotunes, cudnn_benchmark, prepare_model, resolve
 from ncsn.score_model import build_score_model
 from ncsn.training import EpochBatches, make_optimizer, train_step
@@ -26,11 +30,15 @@ def main() -> None:
     t = config.training
     torch.manual_seed(0)
     model = build_score_model(config.model).to(device)
+    model.net.activation_checkpointing = t.activation_checkpointing  # as ncsn.training does
     shape = (config.model.in_channels, config.data.image_size, config.data.image_size)
     runtime = resolve(runtime, model, device, (batch, *shape), training=True)  # what `ncsn train` would run
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, t)
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_rate), use_buffers=True)  # as training
+           if t.ema else None)
+    objective = objective_for(config, model.sigmas)
     net = prepare_model(model, runtime, device)
     images = torch.randint(0, 256, (4 * batch, *shape), dtype=torch.uint8, device=device)
     batches = EpochBatches(len(images), batch, t.seed, device)
@@ -39,9 +47,9 @@ def main() -> None:
 
     def step():
         x = prepare_batch(images[batches.indices(state["step"])], gen, config.data.random_flip, config.data.dequantize)
-        labels = torch.randint(0, model.num_scales, (batch,), generator=gen, device=device)
+        sigma = objective.draw_sigma(batch, gen, device)
         noise = torch.randn(x.shape, generator=gen, device=device)
-        state["loss"] = train_step(net, model, optimizer, x, labels, noise, model.sigmas, t, runtime=runtime)
+        state["loss"] = train_step(net, model, optimizer, x, sigma, noise, objective, t, ema, runtime=runtime)
         state["step"] += 1
 
     with cudnn_benchmark(autotunes(device)):  # as ncsn.training.train does
@@ -51,7 +59,10 @@ def main() -> None:
         "machine": machine(device),
         "config": {"name": args.config, "overrides": args.overrides, "ngf": config.model.ngf, "image_shape": shape,
                    "batch_size": batch, "device": str(device), "compile": runtime.compile,
-                   "precision": runtime.precision, "channels_last": runtime.channels_last},
+                   "precision": runtime.precision, "channels_last": runtime.channels_last,
+                   "arch": config.model.arch, "objective": t.objective, "ema": t.ema,
+                   "activation_checkpointing": t.activation_checkpointing,
+                   "parameters": sum(p.numel() for p in model.parameters())},
         "warmup": {"calls": warmup, "seconds": round(warm, 3)},
         "seconds_per_step": {k: round(v, 4) if isinstance(v, float) else v for k, v in spread(times).items()},
         "images_per_s": {k: round(v, 1) if isinstance(v, float) else v

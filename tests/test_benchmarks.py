@@ -311,3 +311,24 @@ def test_time_to_quality_refuses_bad_options(bench, capsys):
         with pytest.raises(SystemExit):
             race.parse(["--budgets", "1", "--out", "x", *bad])
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("overrides", [["model.ngf=4"], [
+    "model.arch=ncsnpp", "model.scale_by_sigma=true", "model.ngf=8", "model.ncsnpp.ch_mult=[1,2]",
+    "model.ncsnpp.num_res_blocks=1", "model.ncsnpp.attn_resolutions=[4]", "training.objective=ve",
+    "training.ema=true", "training.activation_checkpointing=true"]])
+def test_train_step_times_the_training_step_of_any_network_and_objective(overrides):
+    import subprocess
+    import sys
+
+    from ncsn.score_model import build_score_model
+
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "train_step.py"), "--config", "digits", "--device", "cpu",
+                           "--batch-size", "4", "--repeats", "2", "--warmup", "0", "--precision", "fp32",
+                           *[f"--set={s}" for s in overrides]], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    config = load_config("digits", overrides)
+    assert report["config"]["parameters"] == sum(p.numel() for p in build_score_model(config.model).parameters())
+    assert report["config"]["objective"] == config.training.objective and report["final_loss_finite"]
+    assert report["seconds_per_step"]["n"] == 2 and report["images_per_s"]["min"] > 0

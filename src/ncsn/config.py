@@ -67,6 +67,7 @@ class TrainingConfig:
     sample_n: int = 64
     tensorboard: bool = False
     time_budget_s: float | None = None  # stop (checkpointed, resumable) once the loop has run this many seconds
+    activation_checkpointing: bool = False  # ncsnpp: recompute each block's activations in the backward pass
 
 
 @dataclass
@@ -284,6 +285,8 @@ def validate(config: RunConfig, data_root_needed: bool = True) -> None:
            f"must be positive or null, got {t.time_budget_s}")
     _check(t.grad_clip is None or t.grad_clip > 0, "training.grad_clip", f"must be positive or null, got {t.grad_clip}")
     _check(0 < t.ema_rate < 1, "training.ema_rate", f"must lie in (0, 1), got {t.ema_rate}")
+    _check(not t.activation_checkpointing or m.arch == "ncsnpp", "training.activation_checkpointing",
+           f"works with model.arch ncsnpp only, not {m.arch}")
     for key, message in sampler_problems(s)[:1]:
         _check(False, f"sampling.{key}", message)
     _check(s.batch_size >= 1, "sampling.batch_size", f"must be >= 1, got {s.batch_size}")

@@ -217,6 +217,7 @@ def _build(config: RunConfig, device, runtime: RuntimeOptions, state: dict | Non
         torch.manual_seed(t.seed)
         model = build_score_model(config.model)
     model = model.to(device)
+    model.net.activation_checkpointing = t.activation_checkpointing  # memory for time; the same gradients
     if runtime.channels_last:  # before the optimizer and the EMA copy, so their tensors share the layout
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, t)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .fir import downsample_2d, upsample_2d
 from .ncsnpp_layers import (
@@ -108,6 +109,10 @@ class NCSNpp(nn.Module):
 
     conditioning = "sigma"
     level_conditioned = False
+    # Training with activation checkpointing (training.activation_checkpointing): each residual and attention block
+    # keeps only its inputs for the backward pass and recomputes the rest (dropout replays its RNG state, so the
+    # gradients are the same). Off: every activation is kept, the fastest and the most memory.
+    activation_checkpointing = False
 
     def __init__(self, in_channels: int = 3, nf: int = 128, image_size: int = 32,
                  ch_mult: Sequence[int] = (1, 2, 2, 2), num_res_blocks: int = 4,
@@ -187,6 +192,7 @@ class NCSNpp(nn.Module):
         """σ × score at x in [0, 1]; ``cond`` is σ (> 0) for the Fourier embedding, the ladder index otherwise."""
         self.check_input(x, cond)
         mods = iter(self.all_modules)
+        block = _checkpointed if self.activation_checkpointing and torch.is_grad_enabled() else _direct
         if self.embedding == "fourier":
             temb = next(mods)(torch.log(cond.float()))
         else:
@@ -199,12 +205,12 @@ class NCSNpp(nn.Module):
         hs = [next(mods)(x)]
         for level in range(self.num_levels):
             for _ in range(self.num_res_blocks):
-                h = next(mods)(hs[-1], temb)
+                h = block(next(mods), hs[-1], temb)
                 if level in self.attn_levels:
-                    h = next(mods)(h)
+                    h = block(next(mods), h)
                 hs.append(h)
             if level != self.num_levels - 1:
-                h = next(mods)(hs[-1], temb)
+                h = block(next(mods), hs[-1], temb)
                 if self.progressive_input == "input_skip":
                     pyramid = downsample_2d(pyramid, self.fir_kernel)
                     h = next(mods)(pyramid, h)
@@ -214,23 +220,32 @@ class NCSNpp(nn.Module):
                     h = pyramid
                 hs.append(h)
 
-        h = next(mods)(hs[-1], temb)
-        h = next(mods)(h)
-        h = next(mods)(h, temb)
+        h = block(next(mods), hs[-1], temb)
+        h = block(next(mods), h)
+        h = block(next(mods), h, temb)
 
         out = None
         for level in reversed(range(self.num_levels)):
             for _ in range(self.num_res_blocks + 1):
-                h = next(mods)(torch.cat([h, hs.pop()], dim=1), temb)
+                h = block(next(mods), torch.cat([h, hs.pop()], dim=1), temb)
             if level in self.attn_levels:
-                h = next(mods)(h)
+                h = block(next(mods), h)
             if self.progressive == "output_skip":
                 norm, head = next(mods), next(mods)
                 skip = head(F.silu(norm(h)))
                 out = skip if out is None else upsample_2d(out, self.fir_kernel) + skip
             if level != 0:
-                h = next(mods)(h, temb)
+                h = block(next(mods), h, temb)
         if self.progressive != "output_skip":
             norm, head = next(mods), next(mods)
             out = head(F.silu(norm(h)))
         return out
+
+
+def _direct(module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+    return module(*args)
+
+
+def _checkpointed(module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+    """The block's output without keeping its inner activations for the backward pass (recomputed there)."""
+    return checkpoint(module, *args, use_reentrant=False)
