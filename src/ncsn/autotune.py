@@ -72,8 +72,13 @@ def machine_fingerprint() -> dict:
     return {"cpu": model, "flags_sha256": digest, "torch": torch.__version__}
 
 
+def cache_folder() -> Path:
+    """The per-user cache of machine-specific answers: ``$NCSN_CACHE``, default ~/.cache/ncsn."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ncsn")
+
+
 def cache_path() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ncsn") / "autotune.json"
+    return cache_folder() / "autotune.json"
 
 
 def pick(seconds: dict) -> str:

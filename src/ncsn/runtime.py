@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -93,8 +94,29 @@ def prepare_model(model, options: RuntimeOptions, device, sampling: bool = False
         model.to(memory_format=torch.channels_last)
     if not options.compile:
         return model
+    use_persistent_compile_cache()
     mode = "reduce-overhead" if sampling and uses_cuda_graphs(options, device) else None
     return torch.compile(model, mode=mode)
+
+
+def use_persistent_compile_cache() -> Path:
+    """Keep torch.compile's on-disk caches (inductor's FX graphs, AOT autograd's) under the ncsn cache folder
+    (``$NCSN_CACHE/inductor``, default ~/.cache/ncsn/inductor) instead of inductor's default in the temp folder,
+    which a reboot empties: a later run of the same network and shapes then loads its kernels instead of compiling
+    them again. A ``$TORCHINDUCTOR_CACHE_DIR`` the user set wins; inductor writes its own default into that variable
+    when torch._dynamo is first imported, so that value counts as unset. Returns the folder in use."""
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is None or os.path.abspath(current) == os.path.abspath(_inductor_default_cache()):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(autotune.cache_folder() / "inductor")
+    return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+
+
+def _inductor_default_cache() -> str:
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:  # a torch without it: nothing to tell apart
+        return ""
+    return default_cache_dir()
 
 
 def score_function(model, options: RuntimeOptions, device):
