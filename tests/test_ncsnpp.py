@@ -322,3 +322,12 @@ def test_channels_last_and_bf16_autocast_give_the_same_score(variant):
     scale = expected.abs().max()
     assert (last - expected).abs().max() <= 1e-5 * scale
     assert half.dtype == torch.bfloat16 and (half.float() - expected).abs().max() <= 0.1 * scale
+
+
+@pytest.mark.parametrize("variant", sorted(TINY))
+def test_torch_compile_traces_the_whole_network_as_one_graph(variant):
+    """No graph break (the FIR kernel used to be checked with a tensor-to-float read at every resampling)."""
+    model = build_score_model(model_config(8, dict(TINY[variant], dropout=0.1)))
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model)(torch.rand(2, 3, 8, 8), torch.full((2,), 0.5))
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons

@@ -16,12 +16,17 @@ from torch import nn
 
 
 def fir_kernel_2d(kernel: Sequence[float], gain: float = 1.0, device=None, dtype=torch.float32) -> torch.Tensor:
-    """The outer product of a 1-D kernel with itself, normalised to sum to ``gain``."""
-    k = torch.as_tensor(list(kernel), dtype=torch.float64)
-    if k.dim() != 1 or len(k) < 1 or float(k.sum()) == 0:
+    """The outer product of a 1-D kernel with itself, normalised to sum to ``gain``. Plain Python arithmetic (in
+    double precision) on the kernel's numbers, so torch.compile folds it into a constant instead of breaking its
+    graph at every resampling."""
+    try:
+        k = [float(v) for v in kernel]
+    except (TypeError, ValueError):
+        k = []
+    if not k or sum(k) == 0:
         raise ValueError(f"fir kernel must be a non-empty 1-D list with a non-zero sum, got {list(kernel)}")
-    k2 = torch.outer(k, k)
-    return (k2 * (gain / k2.sum())).to(device=device, dtype=dtype)
+    scale = gain / sum(k) ** 2
+    return torch.tensor([[a * b * scale for b in k] for a in k], dtype=dtype, device=device)
 
 
 def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1,
