@@ -245,8 +245,8 @@ def _sample_without_a_shared_filesystem(rank, world, port, root, source):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
     from ncsn import distributed
-    from ncsn.checkpoint import load_score_model
     from ncsn.cli.sample import resolved_sampling, sample_to_folder
+    from ncsn.model_loading import load_score_model
 
     torch.set_num_threads(1)  # as the reference below: thread counts may change float32 summation order
     info = distributed.setup("cpu")

@@ -10,8 +10,9 @@ import click
 import numpy as np
 
 from .. import distributed
-from ..checkpoint import latest_checkpoint, load_score_model
+from ..checkpoint import latest_checkpoint
 from ..config import load_config
+from ..model_loading import load_score_model
 from ..training import train
 from .option_groups import n_option, output_options, run_folder_option, runtime_options
 from .options import device_option, user_errors, write_json

@@ -8,12 +8,13 @@ from pathlib import Path
 import click
 
 from .. import distributed
-from ..checkpoint import CheckpointError, load_score_model, sweep_checkpoints
-from ..errors import InputError
+from ..checkpoint import sweep_checkpoints
+from ..errors import CheckpointError, InputError
 from ..evaluation import evaluate_samples, parse_metrics, pick_best, sweep_metric, write_sweep
 from ..evaluation.fidelity import resolve_inception_weights
 from ..evaluation.reference import read_samples
 from ..evaluation.report import INCEPTION, default_n, headline
+from ..model_loading import load_score_model
 from .option_groups import n_option, out_option, output_options
 from .options import user_errors, write_json
 from .sample import resolved_sampling, sample_to_folder, sampling_options

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..checkpoint import export_slim
+from ..export import export_slim
 from .option_groups import model_source_options, out_option, output_options
 from .options import user_errors
 

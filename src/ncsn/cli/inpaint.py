@@ -11,13 +11,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint import load_score_model
 from ..data import load_split, resize_uint8, to_uint8_hwc
 from ..errors import InputError, storage_errors
 from ..generate import batch_generator
 from ..images import auto_scale, grid_image, masked_view
-from ..io import save_image, save_npz
 from ..inpainting import MASK_NAMES, inpaint, make_mask, parse_mask_spec, quality
+from ..io import save_image, save_npz
+from ..model_loading import load_score_model
 from ..runtime import RuntimeOptions, score_function
 from ..samplers import callback_count, check_fits, used_settings
 from .option_groups import out_option, output_options

@@ -11,13 +11,13 @@ import click
 import numpy as np
 import torch
 
-from ..checkpoint import load_score_model
 from ..data import load_split
-from ..generate import batch_generator
-from ..likelihood import PROBES, bits_per_dim
-from ..samplers.common import require_any_sigma
 from ..errors import InputError
+from ..generate import batch_generator
 from ..io import write_text
+from ..likelihood import PROBES, bits_per_dim
+from ..model_loading import load_score_model
+from ..samplers.common import require_any_sigma
 from .option_groups import BATCH_SIZE, SEED, model_source_options, n_option, out_option, output_options
 from .options import POSITIVE, device_option, finite, user_errors
 

@@ -12,12 +12,12 @@ import numpy as np
 import torch
 
 from .. import distributed
-from ..checkpoint import load_score_model
 from ..data import to_uint8_hwc
 from ..errors import storage_errors
 from ..generate import generate
 from ..images import save_grid, save_progression
 from ..io import save_npz
+from ..model_loading import load_score_model
 from ..runtime import RuntimeOptions, resolve
 from ..samplers import denoise_for, used_settings
 from .option_groups import model_source_options, n_option, out_option, output_options, runtime_options
