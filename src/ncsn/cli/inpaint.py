@@ -13,10 +13,12 @@ from tqdm.auto import tqdm
 
 from ..data import load_split, resize_uint8, to_uint8_hwc
 from ..errors import InputError, storage_errors
+from ..evaluation.inpainting import quality
 from ..generate import batch_generator
 from ..images import auto_scale, grid_image, masked_view
-from ..inpainting import MASK_NAMES, inpaint, make_mask, parse_mask_spec, quality
+from ..inpainting import inpaint
 from ..io import save_image, save_npz
+from ..masks import MASK_NAMES, make_mask, parse_mask_spec
 from ..model_loading import load_score_model
 from ..runtime import RuntimeOptions, score_function
 from ..samplers import callback_count, check_fits, used_settings
