@@ -27,12 +27,12 @@ from pathlib import Path
 import torch
 from common import machine, sync
 
-from ncsn.checkpoint import load_score_model
 from ncsn.data import to_uint8_hwc
 from ncsn.evaluation import evaluate_samples
 from ncsn.evaluation.reference import hwc_to_nchw
 from ncsn.evaluation.report import is_grey
 from ncsn.generate import generate
+from ncsn.model_loading import load_score_model
 from ncsn.samplers import SAMPLERS, check_fits, used_settings
 from ncsn.sigmas import SigmaOffLadderError, ncsnv2_step_lr
 

@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 from common import machine, sync
 
-from ncsn.checkpoint import load_score_model
 from ncsn.config import load_config
 from ncsn.data import load_split, to_uint8_hwc
 from ncsn.evaluation import evaluate_samples, heldout_dsm_loss
 from ncsn.evaluation.reference import hwc_to_nchw
 from ncsn.generate import generate
+from ncsn.model_loading import load_score_model
 from ncsn.training import train
 
 CALIBRATION_STEPS = 50

@@ -34,12 +34,13 @@ from pathlib import Path
 import torch
 from common import machine
 
-from ncsn.checkpoint import latest_checkpoint, load_score_model
+from ncsn.checkpoint import latest_checkpoint
 from ncsn.config import from_dict, load_config, to_dict
 from ncsn.data import load_split, to_uint8_hwc
 from ncsn.evaluation import evaluate_samples
 from ncsn.evaluation.reference import hwc_to_nchw
 from ncsn.generate import generate
+from ncsn.model_loading import load_score_model
 from ncsn.noise_plan import noise_plan
 from ncsn.samplers import used_settings
 

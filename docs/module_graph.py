@@ -2,7 +2,8 @@
 
 Nodes are the top-level modules of ``src/ncsn`` and its subpackages (cli, data, evaluation, nets, samplers) taken
 whole; an arrow A -> B means A imports B (anywhere in A, lazy imports included);
-rows are dependency depth: modules that import nothing of ncsn at the bottom, the command line on top.
+rows are dependency depth: modules that import nothing of ncsn at the bottom, the command line on top. Import
+cycles are found between single modules (every file, lazy imports included) and listed under the table.
 
     python docs/module_graph.py           # rewrite the figure and the table
     python docs/module_graph.py --check   # exit 1 if either is out of date (tests/test_docs_build.py runs this)
@@ -38,7 +39,7 @@ def nodes() -> dict[str, list[pathlib.Path]]:
 
 
 def imported(path: pathlib.Path) -> set[str]:
-    """ncsn modules one file imports, as absolute dotted names below ``ncsn``."""
+    """ncsn modules one file imports, as absolute dotted names below ``ncsn`` (a package by its own name)."""
     here = list(path.relative_to(PACKAGE).with_suffix("").parts)
     package = here if path.name == "__init__.py" else here[:-1]
     package = [p for p in package if p != "__init__"]
@@ -59,9 +60,56 @@ def imported(path: pathlib.Path) -> set[str]:
 
 
 def _targets(target: list[str], names) -> set[str]:
-    if target:
-        return {".".join(target)}
-    return {alias.name for alias in names}  # `from . import x` / `from .. import x`: x is a module
+    found = set()
+    for alias in names:  # `from .pkg import module` names the module; `from .module import name` the module
+        inner = PACKAGE.joinpath(*target, alias.name)
+        if inner.with_suffix(".py").is_file() or (inner / "__init__.py").is_file():
+            found.add(".".join([*target, alias.name]))
+        elif target:
+            found.add(".".join(target))
+    return found
+
+
+def module_name(path: pathlib.Path) -> str:
+    """A file's dotted name below ``ncsn``; a package's __init__ is the package ("" for ncsn itself)."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def module_imports() -> dict[str, set[str]]:
+    """Every module of the package (each file) -> the modules of the package it imports, lazy imports included."""
+    names = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+    return {name: {d for d in imported(path) if d in names and d != name} for name, path in names.items()}
+
+
+def cycles(edges: dict[str, set[str]] | None = None) -> list[list[str]]:
+    """The import cycles between modules: every strongly connected group of two or more (Tarjan), sorted."""
+    edges = module_imports() if edges is None else edges
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found = []
+
+    def visit(n):
+        index[n] = low[n] = len(index)
+        stack.append(n)
+        for d in sorted(edges[n]):
+            if d not in index:
+                visit(d)
+                low[n] = min(low[n], low[d])
+            elif d in stack:
+                low[n] = min(low[n], index[d])
+        if low[n] == index[n]:
+            group = []
+            while not group or group[-1] != n:
+                group.append(stack.pop())
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for n in sorted(edges):
+        if n not in index:
+            visit(n)
+    return sorted(found)
 
 
 def graph() -> tuple[dict[str, str], dict[str, set[str]]]:
@@ -102,6 +150,9 @@ def table(described: dict[str, str], edges: dict[str, set[str]]) -> str:
         kind = "/" if (PACKAGE / name).is_dir() else ".py"
         deps = ", ".join(f"`{d}`" for d in sorted(edges[name])) or "–"
         rows.append(f"| `{name}{kind}` | {described[name].replace('|', '/')} | {deps} |")
+    loops = cycles()
+    said = "; ".join(" ↔ ".join(f"`{m}`" for m in loop) for loop in loops) if loops else "none"
+    rows += ["", f"Import cycles between modules (every file, lazy imports included): {said}."]
     return "\n".join(rows)
 
 
@@ -171,8 +222,11 @@ def main(argv=None) -> int:
         return 0
     DESIGN.write_text(wanted)
     draw(edges, FIGURE)
+    lines = {module_name(p) or "__init__": len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    largest = ", ".join(f"{m} {n}" for m, n in sorted(lines.items(), key=lambda kv: (-kv[1], kv[0]))[:5])
     print(f"wrote {FIGURE.relative_to(ROOT)} and the module table of {DESIGN.relative_to(ROOT)}: "
-          f"{len(edges)} modules, {sum(len(v) for v in edges.values())} imports")
+          f"{len(edges)} modules, {sum(len(v) for v in edges.values())} imports; {len(lines)} files, "
+          f"{sum(lines.values())} lines (largest: {largest}); {len(cycles())} import cycles")
     return 0
 
 

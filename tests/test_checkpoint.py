@@ -8,10 +8,8 @@ from ncsn import build_score_model
 from ncsn.checkpoint import (
     CheckpointError,
     atomic_save,
-    export_slim,
     list_checkpoints,
     list_snapshots,
-    load_score_model,
     prune_checkpoints,
     safe_load,
     snapshot_path,
@@ -20,6 +18,8 @@ from ncsn.checkpoint import (
     training_state,
 )
 from ncsn.config import load_config
+from ncsn.export import export_slim
+from ncsn.model_loading import load_score_model
 
 TINY = ["model.ngf=4", "training.n_iters=3"]
 
@@ -209,7 +209,7 @@ def test_a_run_folder_uses_its_newest_weights_export_or_checkpoint_and_says_whic
 
     run = run_folder_with_steps(tmp_path / "run", [5, 10])
     export_slim(run / "checkpoints" / "checkpoint_00000005.pt", run)  # `ncsn export --out RUN` of an older step
-    with caplog.at_level("WARNING", logger="ncsn.checkpoint"):
+    with caplog.at_level("WARNING", logger="ncsn.model_loading"):
         model, _, info = load_score_model(run)
     assert info["step"] == 10 and bias(model) == 10.0  # not the stale export
     assert caplog.messages == [f"{run}: using checkpoints/checkpoint_00000010.pt: checkpoints/checkpoint_00000010.pt "
@@ -217,7 +217,7 @@ def test_a_run_folder_uses_its_newest_weights_export_or_checkpoint_and_says_whic
 
     export_slim(run / "checkpoints" / "checkpoint_00000010.pt", run)  # an export of the latest step wins the tie
     caplog.clear()
-    with caplog.at_level("WARNING", logger="ncsn.checkpoint"):
+    with caplog.at_level("WARNING", logger="ncsn.model_loading"):
         model, _, info = load_score_model(run)
     assert info["step"] == 10 and bias(model) == 10.0 and "using model.safetensors" in caplog.messages[0]
     export_slim(run / "checkpoints" / "checkpoint_00000005.pt", run)

@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from ncsn.checkpoint import load_score_model
 from ncsn.data import load_split
 from ncsn.generate import batch_generator
 from ncsn.likelihood import bits_per_dim
+from ncsn.model_loading import load_score_model
 
 from .conftest import run, train_tiny
 

@@ -19,9 +19,11 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .conftest import run
 from ncsn import NCSNv2, build_score_model
-from ncsn.checkpoint import CheckpointError, atomic_save, export_slim, load_score_model, safe_load, training_state
+from ncsn.checkpoint import CheckpointError, atomic_save, safe_load, training_state
 from ncsn.config import load_config
 from ncsn.errors import StorageError
+from ncsn.export import export_slim
+from ncsn.model_loading import load_score_model
 from ncsn.runfolder import read_history
 from ncsn.runtime import RuntimeOptions
 from ncsn.sigmas import geometric_sigmas
@@ -219,7 +221,7 @@ def test_a_kill_while_writing_samples_keeps_the_previous_outputs(tmp_path, monke
 
     monkeypatch.setattr(np, "savez_compressed", killed)
     with pytest.raises(KeyboardInterrupt):
-        from ncsn.cli.run import sample_to_folder
+        from ncsn.cli.sample import sample_to_folder
         from ncsn import distributed
 
         model, config, info = load_score_model(tmp_path / "a.pt")

@@ -9,7 +9,9 @@ from PIL import Image
 
 from ncsn import annealed_langevin, geometric_sigmas, per_example_generators, uniform_init
 from ncsn.cli import main
-from ncsn.inpainting import fit_mask, inpaint, make_mask, mean_fill, quality
+from ncsn.evaluation.inpainting import mean_fill, quality
+from ncsn.inpainting import inpaint
+from ncsn.masks import fit_mask, make_mask
 from ncsn.sigmas import ladder_levels
 
 from .conftest import gaussian_score, run, train_tiny

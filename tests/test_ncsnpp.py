@@ -267,7 +267,9 @@ def test_checkpoint_and_export_rebuild_the_same_ncsnpp(tmp_path):
     """The config stored in a checkpoint (with its model.ncsnpp block) rebuilds the network; export round-trips."""
     import torch.optim
 
-    from ncsn.checkpoint import atomic_save, export_slim, load_score_model, training_state
+    from ncsn.checkpoint import atomic_save, training_state
+    from ncsn.export import export_slim
+    from ncsn.model_loading import load_score_model
 
     config = load_config("digits", ["model.arch=ncsnpp", "model.ngf=8", "model.ncsnpp.ch_mult=[1,2]",
                                     "model.ncsnpp.num_res_blocks=1", "model.ncsnpp.attn_resolutions=[4]",

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from ncsn.checkpoint import load_score_model
 from ncsn.cli.sampler_options import untrained_ladder_note
 from ncsn.config import load_config
+from ncsn.model_loading import load_score_model
 
 from .conftest import run, train_tiny
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from ncsn import ModelConfig, build_score_model
-from ncsn.checkpoint import CheckpointError, load_score_model
+from ncsn.checkpoint import CheckpointError
+from ncsn.model_loading import load_score_model
 from ncsn.official_scoresde import infer_model
 from ncsn.score_model import NCSNppConfig
 

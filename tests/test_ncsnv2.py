@@ -147,7 +147,7 @@ def test_build_score_model_makes_sigma_scaled_v2_models():
 
 
 def test_a_v2_network_trains_and_reloads_from_its_run_folder(tmp_path, one_thread):
-    from ncsn.checkpoint import load_score_model
+    from ncsn.model_loading import load_score_model
 
     from .conftest import train_tiny
 

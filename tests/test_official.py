@@ -7,7 +7,8 @@ import torch
 
 from .conftest import run
 from ncsn import CondRefineNetDilated, NCSNv2, NCSNv2Deeper
-from ncsn.checkpoint import CheckpointError, load_score_model
+from ncsn.checkpoint import CheckpointError
+from ncsn.model_loading import load_score_model
 from ncsn.nets.layers import InstanceNormPlusPlus
 from ncsn.nets.refinenet import NCSN_STAGES, RefineNet
 from ncsn.samplers import denoise_for

@@ -17,6 +17,7 @@ from ncsn import checkpoint as ckpt
 from ncsn import training
 from ncsn.config import load_config
 from ncsn.io import temp_path
+from ncsn.model_loading import load_score_model
 from ncsn.runfolder import (
     UNKNOWN_HOST_STALE_S,
     RunFolderLock,
@@ -257,7 +258,7 @@ def test_snapshot_steps_are_kept_slim_beside_the_last_full_checkpoints(tmp_path)
     assert [s for s, _ in ckpt.list_snapshots(tmp_path)] == [10, 20, 30, 40]
     full = ckpt.checkpoint_path(tmp_path, 40).stat().st_size
     assert all(path.stat().st_size < 0.3 * full for _, path in ckpt.list_snapshots(tmp_path))
-    slim, _, info = ckpt.load_score_model(ckpt.snapshot_path(tmp_path, 40))
+    slim, _, info = load_score_model(ckpt.snapshot_path(tmp_path, 40))
     ema = ckpt.load_training_state(ckpt.checkpoint_path(tmp_path, 40))["ema"]
     assert info == {"weights": "ema", "step": 40}
     assert all(torch.equal(v, ema[k]) for k, v in slim.state_dict().items())

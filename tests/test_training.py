@@ -272,7 +272,7 @@ class TinySigmaNet(torch.nn.Module):
 
 def test_edm_training_resumes_bit_identically_and_its_checkpoint_samples_the_same_score(tmp_path, monkeypatch):
     from ncsn import score_model
-    from ncsn.checkpoint import load_score_model
+    from ncsn.model_loading import load_score_model
 
     monkeypatch.setitem(score_model.ARCHITECTURES, "tiny_sigma", TinySigmaNet)
     sets = TINY + ["model.arch=tiny_sigma", "model.preconditioning=edm", "training.objective=edm",
@@ -315,8 +315,8 @@ def test_logged_test_loss_of_a_run_without_dequantisation_is_on_undequantised_im
     config = load_config("digits", TINY + ["training.n_iters=5", "data.dequantize=false"])
     train(config, tmp_path, device="cpu", progress=False)
     row = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if "test_loss" in line][0]
-    from ncsn.checkpoint import load_score_model
     from ncsn.data import load_split
+    from ncsn.model_loading import load_score_model
 
     model, _, _ = load_score_model(list_checkpoints(tmp_path)[-1][1], ema=True)
     test = load_split(config.data, "test", limit=config.training.eval_batch_size).images

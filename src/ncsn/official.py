@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from .checkpoint import CheckpointError, check_finite
 from .config import RunConfig, SamplingConfig
 from .data import DATASETS, DataConfig
+from .errors import CheckpointError
+from .safe_load import check_finite
 from .score_model import ModelConfig, ScoreModel, build_score_model
 from .sigmas import ncsnv2_step_lr
 

@@ -1,5 +1,6 @@
 """Loading a pickle without running code: ``torch.load(weights_only=True)`` with numpy scalars admitted by name, and
-one clear CheckpointError for every way a file can fail (corrupt, truncated, not a pickle, holding code)."""
+one clear CheckpointError for every way a file can fail (corrupt, truncated, not a pickle, holding code, weights
+holding NaN or infinity: ``check_finite``)."""
 
 from __future__ import annotations
 
@@ -107,3 +108,13 @@ def safe_load(path: str | Path, map_location="cpu"):
             raise CheckpointError(f"{path}: corrupt or truncated checkpoint (not a PyTorch file)") from None
         first = (str(err).splitlines() or [type(err).__name__])[0][:100]
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({first})") from None
+
+
+def check_finite(state_dict: dict, source, which: str = "weights") -> None:
+    """Refuse weights holding NaN or infinity (they would sample black or white images without an error), naming the
+    first such tensor."""
+    for name, value in state_dict.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(f"{source}: its {which} hold NaN or infinity ({bad} of {value.numel()} values of "
+                                  f"{name!r}); the run diverged or the file is damaged")

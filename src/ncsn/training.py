@@ -30,7 +30,8 @@ from .lr_schedule import set_lr
 from .io import write_text
 from .resume import _config_on_disk, _record_resume, _resolve_config, _start, truncate_metrics
 from .runfolder import RunFolderError  # noqa: F401 (raised by the setup; importers catch it from here)
-from .runtime import RuntimeOptions, autocast, autotunes, cudnn_benchmark, prepare_model, resolve, settle_run
+from .run_record import settle_run
+from .runtime import RuntimeOptions, autocast, autotunes, cudnn_benchmark, prepare_model, resolve
 from .samplers import check_fits
 from .score_model import build_score_model
 
@@ -247,7 +248,7 @@ def train(
     The main process holds the folder's lock until it returns. Nothing is written until the setup (checkpoint,
     data, batch size) has passed; the caller's global random state is left as it was.
     What it leaves to the library is decided once, on the main process, and recorded in ``runtime.json``; a resumed
-    run reuses the recorded precision (``ncsn.runtime.settle_run``).
+    run reuses the recorded precision (``ncsn.run_record.settle_run``).
     Under torchrun a setup error on any rank stops every rank with the same line (``distributed.agree``). Every rank
     reads the run folder (a resume's checkpoint) itself: training on several nodes needs the folder on a filesystem
     they all share, and a rank that finds another latest checkpoint than rank 0 stops the run.

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..checkpoint import CheckpointError, safe_load
 from ..data import DataConfig
-from ..errors import NcsnError
+from ..errors import CheckpointError, NcsnError
+from ..safe_load import safe_load
 from .metrics import fid_of_features, inception_score, kernel_distance
 from .reference import cached_arrays, eval_cache, file_fingerprint, reference_split
 
