@@ -3,7 +3,11 @@ read, able to give every config value (``none`` too), returning a value and leav
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -33,6 +37,10 @@ def checkpoints(tmp_path_factory):
 
 def sample(checkpoint, out, *args):
     return run("sample", "--checkpoint", checkpoint, "--device", "cpu", "--n", 2, "--out", out, *args)
+
+
+def samples(folder):
+    return np.load(folder / "samples.npz")["samples"]
 
 
 def test_every_setting_of_every_spec_has_one_option():
@@ -67,7 +75,7 @@ def test_none_is_a_value_on_the_command_line(checkpoints, tmp_path):
     state["config"]["sampling"]["ald"]["s_max"] = None
     atomic_save(state, checkpoint)
     assert sample(checkpoint, tmp_path / "b", "--steps-each", 1, "--seed", 4).exit_code == 0
-    assert (tmp_path / "a" / "samples.npz").read_bytes() == (tmp_path / "b" / "samples.npz").read_bytes()
+    assert np.array_equal(samples(tmp_path / "a"), samples(tmp_path / "b"))
     pc = sample(checkpoints["v1"], tmp_path / "pc", "--sampler", "pc", "--n-steps", "null", "--corrector", "none")
     assert pc.exit_code == 0, pc.output
     assert json.loads((tmp_path / "pc" / "sample_config.json").read_text())["nfe"] == 12  # its 12-level ladder
@@ -98,3 +106,22 @@ def test_the_ode_solver_options_are_defined_once_and_likelihood_reads_the_config
     assert (report["rtol"], report["atol"], report["method"]) == (1e-2, 2e-2, "bosh3")
     result = run("likelihood", "--checkpoint", checkpoint, "--device", "cpu", "--n", 2, "--rtol", 0.05)
     assert json.loads(result.output)["rtol"] == 0.05
+
+
+def test_an_old_flat_checkpoint_samples_from_the_command_line_with_one_warning_line(checkpoints, tmp_path):
+    """A checkpoint whose config holds the old flat sampling keys (as the code before the sampler sections wrote it)
+    samples as its sections say, and the command says so in one line on stderr."""
+    from .test_sampler_registry import OLD_DIGITS_SAMPLING
+
+    state = torch.load(checkpoints["v1"], weights_only=True)
+    state["config"]["sampling"] = {**OLD_DIGITS_SAMPLING, "n_steps_each": 1, "batch_size": 2}
+    old = atomic_save(state, tmp_path / "old.pt")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "default"}
+    done = subprocess.run([sys.executable, "-m", "ncsn.cli", "sample", "--checkpoint", str(old), "--device", "cpu",
+                           "--n", "2", "--seed", "1", "--out", str(tmp_path / "old")], capture_output=True, text=True,
+                          env=env)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "sampling" in line and "deprecated" in line]
+    assert lines == [line for line in done.stderr.splitlines() if line.startswith("warning:")] and len(lines) == 1
+    assert sample(checkpoints["v1"], tmp_path / "new", "--steps-each", 1, "--seed", 1).exit_code == 0
+    assert np.array_equal(samples(tmp_path / "old"), samples(tmp_path / "new"))

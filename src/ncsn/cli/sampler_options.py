@@ -99,13 +99,17 @@ SETTINGS = settings_by_flag()
 
 
 def _help(setting: Setting) -> str:
-    helps = {f.metadata.get("help", ""): name for name, f in setting.fields}
+    """The samplers' help lines, where in the config the default comes from and what it is unless set there."""
+    helps = {f.metadata.get("help", "") for _, f in setting.fields}
     if len(helps) == 1:
-        text = f"{', '.join(setting.samplers)}: {next(iter(helps))}"
+        text = f"{', '.join(setting.samplers)}: {helps.pop()}"
     else:
         text = "; ".join(f"{name}: {f.metadata.get('help', '')}" for name, f in setting.fields)
-    defaults = sorted({repr(f.default) if f.default is not None else "none" for _, f in setting.fields})
-    return f"{text} [default: config's sampling.<sampler>.{setting.key}, {' / '.join(defaults)} unless set]."
+    shown = {name: "none" if f.default is None else str(f.default) for name, f in setting.fields}
+    where = setting.samplers[0] if len(shown) == 1 else "|".join(setting.samplers)
+    default = next(iter(shown.values())) if len(set(shown.values())) == 1 else ", ".join(
+        f"{name} {value}" for name, value in shown.items())
+    return f"{text} [default: config's sampling.{where}.{setting.key}, else {default}]."
 
 
 def _click_option(setting: Setting):
