@@ -171,7 +171,8 @@ def _choice(sampler=None, init=None, **values) -> SamplerChoice:
 
 SAMPLER = click.option(
     "--sampler", type=click.Choice(SAMPLERS), default=None,
-    help="; ".join(f"{name}: {spec.summary}" for name, spec in SPECS.items()) + " [default: config's sampling.sampler].")
+    help="; ".join(f"{name}: {spec.summary}" for name, spec in SPECS.items())
+         + " [default: config's sampling.sampler].")
 INIT = click.option("--init", type=click.Choice(INITS), default=None,
                     help="Chain start: uniform [0, 1] or the prior N(0, sigma_max^2); auto = the sampler's own "
                          "(uniform for ald, the prior for the others) [default: config's sampling.init].")
