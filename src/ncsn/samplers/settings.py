@@ -126,7 +126,7 @@ def validate(s) -> None:
 
 def denoise_for(s) -> bool:
     """Whether the chosen sampler ends noise-free by a final step of its own (False for heun, which has none)."""
-    return bool(getattr(s.section if hasattr(s, "section") else getattr(s, s.sampler), "denoise", False))
+    return bool(getattr(getattr(s, s.sampler), "denoise", False))
 
 
 def used_settings(s) -> dict:
