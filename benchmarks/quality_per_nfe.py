@@ -19,7 +19,6 @@ in separate processes (say, the samplers split over two cores) into one result.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from ncsn.evaluation import evaluate_samples
 from ncsn.evaluation.reference import hwc_to_nchw
 from ncsn.evaluation.report import is_grey
 from ncsn.generate import generate
-from ncsn.samplers import SAMPLERS, check_fits, used_settings
+from ncsn.samplers import SAMPLERS, SPECS, check_fits, settings_from, used_settings
 from ncsn.sigmas import SigmaOffLadderError, ncsnv2_step_lr
 
 MIN_SAMPLES = 1000
@@ -88,7 +87,12 @@ def plan(args, model, sampling) -> tuple[list[tuple[str, object, object]], list[
     runs, skipped = [], []
     ladder = len(model.sigmas)
     level_conditioned = model.level_conditioned
-    base = dataclasses.replace(sampling, init="auto", denoise=args.denoise)
+    def variant(name: str, **keys):
+        """The config's settings with sampler ``name`` chosen, its chains' own start, ``keys`` and --denoise."""
+        if "denoise" in SPECS[name].keys():
+            keys["denoise"] = args.denoise
+        return settings_from(sampling, sampler=name, init="auto", **keys)
+
     wanted = args.samplers.split(",")
     if "ald" in wanted:
         sig = model.sigmas.double()
@@ -96,7 +100,7 @@ def plan(args, model, sampling) -> tuple[list[tuple[str, object, object]], list[
         label = "ald planned eps" if args.ald_planned_eps else "ald"
         for t in args.ald_steps:
             step = {"step_lr": ncsnv2_step_lr(t, sigma_l, ratio)} if args.ald_planned_eps else {}
-            runs.append((label, t, dataclasses.replace(base, sampler="ald", n_steps_each=t, **step)))
+            runs.append((label, t, variant("ald", n_steps_each=t, **step)))
     if "pc" in wanted:
         if level_conditioned:
             steps = args.pc_corrector_steps if args.pc_corrector_steps is not None else [0, 1, 2, 4, 9]
@@ -106,20 +110,20 @@ def plan(args, model, sampling) -> tuple[list[tuple[str, object, object]], list[
                           "the corrector steps vary instead")
                 skipped.append({"sampler": "pc", "budgets": others, "reason": reason})
             for c in steps:
-                runs.append(("pc", f"N={ladder},c={c}", dataclasses.replace(
-                    base, sampler="pc", n_steps=None, corrector="none" if c == 0 else "langevin", corrector_steps=c)))
+                runs.append(("pc", f"N={ladder},c={c}", variant(
+                    "pc", n_steps=None, corrector="none" if c == 0 else "langevin", corrector_steps=c)))
         else:
             steps = args.pc_corrector_steps if args.pc_corrector_steps is not None else [1]
             for n in args.pc_steps:
                 for c in steps:
-                    runs.append(("pc", f"N={n},c={c}", dataclasses.replace(
-                        base, sampler="pc", n_steps=n, corrector="none" if c == 0 else "langevin", corrector_steps=c)))
+                    runs.append(("pc", f"N={n},c={c}", variant(
+                        "pc", n_steps=n, corrector="none" if c == 0 else "langevin", corrector_steps=c)))
     for name, budgets, key in (("heun", args.heun_steps, "n_steps"), ("ode", args.ode_tols, "rtol")):
         if name not in wanted:
             continue
         variants = [(name, {})] if name == "ode" else [
             ("heun" if c == 0 else f"heun churn {c:g}", {"s_churn": c}) for c in args.heun_churn]
-        settings = [(label, b, dataclasses.replace(base, sampler=name, **extra, **(
+        settings = [(label, b, variant(name, **extra, **(
             {key: b} if name == "heun" else {"rtol": b, "atol": b}))) for label, extra in variants for b in budgets]
         try:
             check_fits(model, settings[0][2], model.sigmas)

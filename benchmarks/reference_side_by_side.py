@@ -185,7 +185,7 @@ def ncsn_worker(args, job: str):
     gen = torch.Generator().manual_seed(0)
     x0 = uniform_init((args.batch_size, *shape), generator=gen)
     levels = model.sigmas[: args.levels]
-    s = config.sampling
+    s = config.sampling.ald
 
     def chain():
         annealed_langevin(score, x0, levels, 1, s.step_lr, False, s.convention, generator=gen)

@@ -31,7 +31,7 @@ def main() -> None:
     config, runtime, device, batch, warmup = setup(args)
     if args.batch_size is None:
         batch = config.sampling.batch_size
-    s = config.sampling
+    s = config.sampling.ald
     torch.manual_seed(0)
     model = build_score_model(config.model).to(device).eval()
     shape = (batch, config.model.in_channels, config.data.image_size, config.data.image_size)

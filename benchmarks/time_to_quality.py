@@ -46,8 +46,8 @@ from ncsn.samplers import used_settings
 FRACTIONS = (0.25, 0.5, 1.0)
 CALIBRATION_STEPS = 50
 NEVER = 10**9  # no held-out loss, checkpoint or grid inside a timed stage: only at its end
-HEUN_CHURN = ["sampling.sampler=heun", "sampling.n_steps=35", "sampling.s_churn=10.0", "sampling.s_min=0.0",
-              "sampling.s_max=null", "sampling.s_noise=1.0"]  # 69 NFE, the best <= 100 on the digits NCSNv2 model
+HEUN_CHURN = ["sampling.sampler=heun", "sampling.heun.n_steps=35", "sampling.heun.s_churn=10.0",
+              "sampling.heun.s_min=0.0", "sampling.heun.s_max=null", "sampling.heun.s_noise=1.0"]  # 69 NFE, the best <= 100 on the digits NCSNv2 model
 
 
 @dataclass
@@ -63,7 +63,7 @@ class Recipe:
 
 RECIPES = {
     # today's demo: the v1 network on its 12 levels; ald with T = 8 (97 NFE) is its fast sampler, T = 10 its own
-    "digits": Recipe("digits", [], {"fast": ["sampling.n_steps_each=8"], "ald": []}),
+    "digits": Recipe("digits", [], {"fast": ["sampling.ald.n_steps_each=8"], "ald": []}),
     # NCSNv2 (unconditional, s = f(x)/sigma) on its noise plan (17 levels 4.81 -> 0.05, T = 5), the digits optimiser
     "digits_v2": Recipe("digits", ["model.arch=ncsnv2", "model.scale_by_sigma=true"],
                         {"fast": HEUN_CHURN, "ald": []}, plan=True),

@@ -295,7 +295,7 @@ def test_time_to_quality_recipes_are_valid_and_their_fast_samplers_stay_within_1
             assert label == "ald" or nfe <= 100, (name, label, nfe)
         if name == "digits_v2":
             assert (c.model.arch, c.model.num_scales, c.model.sigma_min) == ("ncsnv2", 17, 0.05)
-            assert c.model.sigma_max == pytest.approx(4.8137, abs=1e-4) and c.sampling.n_steps_each == 5
+            assert c.model.sigma_max == pytest.approx(4.8137, abs=1e-4) and c.sampling.ald.n_steps_each == 5
     edm = load_config("digits_ncsnpp", race.RECIPES["digits_ncsnpp_edm"].overrides)
     assert (edm.training.objective, edm.model.preconditioning) == ("edm", "edm")
 

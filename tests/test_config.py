@@ -15,7 +15,7 @@ def test_named_configs_carry_the_paper_settings():
         t = c.training
         assert (t.lr, t.beta1, t.beta2, t.eps, t.weight_decay) == (1e-3, 0.9, 0.999, 1e-8, 0.0)
         assert (t.batch_size, t.n_iters, t.snapshot_every, t.ema) == (128, 200_000, 5000, False)
-        assert c.data.dequantize and c.sampling.n_steps_each == 100 and c.sampling.step_lr == 2e-5
+        assert c.data.dequantize and c.sampling.ald.n_steps_each == 100 and c.sampling.ald.step_lr == 2e-5
 
 
 def test_overrides_are_typed():
@@ -35,7 +35,7 @@ def test_overrides_are_typed():
         ("data.image_size=27", "config key 'data.image_size'"),
         ("model.in_channels=3", "config key 'model.in_channels'"),
         ("data.dataset=imagenet", "config key 'data.dataset'"),
-        ("sampling.convention=book", "config key 'sampling.convention'"),
+        ("sampling.convention=book", "config key 'sampling.ald.convention'"),
         ("training.batch_size=0", "config key 'training.batch_size'"),
         ("nokey", "must look like section.key=value"),
         ("training=5", "config key 'training': is a section; set its keys (training.KEY=VALUE), got 5"),
@@ -45,7 +45,7 @@ def test_overrides_are_typed():
         ("training.anneal_power=nan", "config key 'training.anneal_power': must be a finite number, got nan"),
         ("training.grad_clip=inf", "config key 'training.grad_clip': must be a finite number"),
         ("training.weight_decay=inf", "config key 'training.weight_decay': must be a finite number"),
-        ("sampling.step_lr=inf", "config key 'sampling.step_lr': must be a finite number"),
+        ("sampling.step_lr=inf", "config key 'sampling.ald.step_lr': must be a finite number"),
         ("training.objective=vp", "config key 'training.objective': unknown 'vp'; choose from ladder, ve, edm"),
         ("training.objective=ve", "config key 'training.objective': ve draws sigma off the ladder, but ncsn_v1 is "
                                   "conditioned on ladder levels; use ladder"),
@@ -101,7 +101,7 @@ def test_v2_presets_follow_the_noise_plan_and_the_v2_recipe(name, levels, eps):
     from ncsn.noise_plan import ladder_plan
 
     config = load_config(name)
-    m, t, s = config.model, config.training, config.sampling
+    m, t, s = config.model, config.training, config.sampling.ald
     assert m.arch == "ncsnv2" and m.scale_by_sigma and m.num_scales == levels and m.sigma_min == 0.01
     assert t.ema and t.ema_rate == 0.999 and t.lr == 1e-4 and s.denoise and not config.data.dequantize
     dim = m.in_channels * config.data.image_size**2

@@ -223,6 +223,6 @@ def test_a_kill_while_writing_samples_keeps_the_previous_outputs(tmp_path, monke
         from ncsn import distributed
 
         model, config, info = load_score_model(tmp_path / "a.pt")
-        config.sampling.n_steps_each = 1
+        config.sampling.ald.n_steps_each = 1
         sample_to_folder(model, config, info, 2, 1, out, distributed.setup("cpu"))
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # old samples intact, no temp left

@@ -144,7 +144,7 @@ def test_the_ode_sampler_and_the_likelihood_run_without_float64_on_the_device(no
 def test_every_sampler_runs_on_the_model_ladder_of_a_device_without_float64(no_float64, name):
     ladder = geometric_sigmas(1.0, 0.01, 4)
     x0 = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
-    settings = SamplerSettings(name, n_steps_each=2, n_steps=3, rtol=1e-3, atol=1e-3)
+    settings = SamplerSettings.from_flat(name, n_steps_each=2, n_steps=3, rtol=1e-3, atol=1e-3)
     with torch.utils._python_dispatch._disable_current_modes():
         want = run_sampler(score, x0, ladder, settings, generator=torch.Generator().manual_seed(1))
     got = run_sampler(score, on_device(x0), on_device(ladder), settings, generator=torch.Generator().manual_seed(1))

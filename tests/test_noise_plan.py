@@ -46,7 +46,7 @@ def test_noise_plan_command_writes_a_valid_config(tmp_path):
     plan = json.loads(numbers.read_text())
     config = load_config(str(out))
     assert config.model.num_scales == plan["num_scales"] and config.model.sigma_max == plan["sigma_max"]
-    assert config.sampling.n_steps_each == 10 and config.sampling.step_lr == plan["step_lr"]
+    assert config.sampling.ald.n_steps_each == 10 and config.sampling.ald.step_lr == plan["step_lr"]
     assert "levels: L = " in result.output and yaml.safe_load(out.read_text())["data"]["dataset"] == "digits"
 
 

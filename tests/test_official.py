@@ -45,7 +45,7 @@ def test_official_v2_files_load_with_ema_by_default(arch, data_dir):
     m = config.model
     assert (m.arch, m.in_channels, m.num_scales, m.scale_by_sigma) == (arch, 3, len(official_sigmas), True)
     assert m.ngf == (4 if arch == "ncsnv2" else 2) and torch.equal(model.sigmas, official_sigmas)
-    assert config.sampling.denoise and config.data.dequantize is False and config.data.image_size == 16
+    assert config.sampling.ald.denoise and config.data.dequantize is False and config.data.image_size == 16
     tol = {"rtol": 1e-4, "atol": 1e-4 * expected["ema"].abs().max().item()}
     assert torch.allclose(scores(model, expected["x"], expected["labels"]), expected["ema"], **tol)
     raw, _, raw_info = load_score_model(path, ema=False, dataset="cifar10", image_size=16)
@@ -57,11 +57,11 @@ def test_released_ladders_get_the_official_sampling_settings(tmp_path):
     torch.manual_seed(0)
     path = v2_file(tmp_path / "checkpoint_300000.pth", NCSNv2(3, 2), geometric_sigmas(50.0, 0.01, 232))
     _, config, _ = load_score_model(path, dataset="cifar10")
-    s = config.sampling
+    s = config.sampling.ald
     assert (config.data.image_size, s.n_steps_each, s.step_lr, s.denoise) == (32, 5, 6.2e-6, True)
     _, celeba, _ = load_score_model(v2_file(tmp_path / "c.pth", NCSNv2(3, 2), geometric_sigmas(90.0, 0.01, 500)),
                                     dataset="celeba")
-    assert (celeba.data.image_size, celeba.sampling.n_steps_each, celeba.sampling.step_lr) == (64, 5, 3.3e-6)
+    assert (celeba.data.image_size, celeba.sampling.ald.n_steps_each, celeba.sampling.ald.step_lr) == (64, 5, 3.3e-6)
 
 
 def test_a_v2_file_without_ema_takes_the_raw_weights(tmp_path):
@@ -87,7 +87,7 @@ def test_official_v1_file_needs_its_dataset_named(tmp_path):
     assert info == {"weights": "official-v1", "step": None}
     assert (config.data.dataset, config.data.image_size, config.model.ngf, config.model.arch) == ("celeba", 32, 8,
                                                                                                     "ncsn_v1")
-    assert denoise_for(config.sampling) is False and config.sampling.n_steps_each == 100  # ald: no final step
+    assert denoise_for(config.sampling) is False and config.sampling.ald.n_steps_each == 100  # ald: no final step
     x, y = torch.rand(2, 3, 32, 32), torch.tensor([0, 5])
     with torch.no_grad():
         assert torch.equal(model.at_levels(x, y), net(x, y))
@@ -106,8 +106,8 @@ def test_sizes_without_an_official_release_must_be_given(tmp_path):
         load_score_model(path, dataset="cifar10", image_size=18)
     _, config, _ = load_score_model(path, dataset="cifar10", image_size=24)
     ratio = (5.0 / 0.01) ** (1 / 3)  # an unreleased ladder: T = 5 and the step-size rule
-    assert config.data.image_size == 24 and config.sampling.n_steps_each == 5
-    assert config.sampling.step_lr == pytest.approx(ncsnv2_step_lr(5, 0.01, ratio), rel=1e-6)
+    assert config.data.image_size == 24 and config.sampling.ald.n_steps_each == 5
+    assert config.sampling.ald.step_lr == pytest.approx(ncsnv2_step_lr(5, 0.01, ratio), rel=1e-6)
 
 
 def test_other_layouts_get_messages_that_say_what_they_are(tmp_path):

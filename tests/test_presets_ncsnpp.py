@@ -46,7 +46,7 @@ def test_preset_builds_the_official_network_with_the_official_recipe(name):
         2e-4, 0.9, 1e-8, 0.0, 5000, "constant", 1.0)
     assert (t.ema, t.ema_rate, t.ema_warmup, t.batch_size, t.n_iters) == (True, ema_rate, True, batch, iters)
     # PC: reverse diffusion + one Langevin step at the official snr on the N-level VE grid, noise-free last step
-    assert (s.sampler, s.predictor, s.corrector, s.corrector_steps, s.snr, s.denoise) == (
+    assert (s.sampler, s.pc.predictor, s.pc.corrector, s.pc.corrector_steps, s.pc.snr, s.pc.denoise) == (
         "pc", "reverse_diffusion", "langevin", 1, snr, True)
     settings, ladder = settings_from(s), geometric_sigmas(m.sigma_max, m.sigma_min, m.num_scales)
     torch.testing.assert_close(schedule(settings, ladder), ve_sde_sigmas(sigma_max, 0.01, n))
@@ -80,6 +80,6 @@ def test_digits_ncsnpp_is_a_small_continuous_ve_ncsnpp_sampled_by_heun_under_100
     assert (t.objective, t.n_iters, t.batch_size, t.ema_warmup) == ("ve", digits.training.n_iters, 128, True)
     assert c.data == digits.data
     ladder = geometric_sigmas(m.sigma_max, m.sigma_min, m.num_scales)
-    assert (s.sampler, s.s_churn, s.s_min, s.s_max, s.s_noise) == ("heun", 10.0, 0.0, None, 1.0)
+    assert (s.sampler, s.heun.s_churn, s.heun.s_min, s.heun.s_max, s.heun.s_noise) == ("heun", 10.0, 0.0, None, 1.0)
     assert expected_nfe(settings_from(s), ladder) == 69
     assert expected_nfe(settings_from(s, sampler="ald"), ladder) == 12 * 10 + 1  # the digits preset's 121

@@ -185,7 +185,7 @@ def test_a_network_with_bf16_weights_takes_the_samplers_float32_x_and_answers_in
     assert out.dtype == torch.float32 and (out - ref).norm() <= 0.1 * ref.norm()  # bf16 activations: 1-4 % off
     gen = torch.Generator()
     for name in ("ald", "pc") if v1 else SAMPLERS:  # a v1 network suits the samplers on its ladder
-        settings = SamplerSettings(name, n_steps_each=1, n_steps=None if v1 else 3, rtol=0.1, atol=0.1, denoise=True)
+        settings = SamplerSettings.from_flat(name, n_steps_each=1, n_steps=None if v1 else 3, rtol=0.1, atol=0.1, denoise=True)
         x0 = initial_state(settings, (2, 1, 8, 8), ladder, generator=gen.manual_seed(1))
         got, want = (run_sampler(m, x0, ladder, settings, generator=gen.manual_seed(2)) for m in (low, model))
         assert got.dtype == torch.float32 and (got - want).norm() <= 0.1 * want.norm(), name

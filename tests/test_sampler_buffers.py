@@ -47,7 +47,7 @@ RUNS = {
     "ode": lambda fn, x: ode_sampler(fn, x, SIGMAS[[0, 2, -1]], rtol=1e-3, atol=1e-3, denoise=True),
     "inpaint-ald": lambda fn, x: inpaint(fn, x.clamp(0, 1), TOP_HALF, SIGMAS, 2, 1e-3, generator=gen(1)),
     "inpaint-pc": lambda fn, x: inpaint(fn, x.clamp(0, 1), TOP_HALF, SIGMAS, generator=gen(1),
-                                        settings=SamplerSettings("pc", corrector_steps=1)),
+                                        settings=SamplerSettings.of("pc", corrector_steps=1)),
     "likelihood": lambda fn, x: log_density(fn, x, 0.01, 1.0, rtol=1e-3, atol=1e-3, generator=gen(1)),
 }
 

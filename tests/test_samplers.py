@@ -21,6 +21,7 @@ from ncsn import (
 from ncsn.runtime import RuntimeOptions, score_function
 from ncsn.samplers import (DENOISE_DEFAULTS, Counted, SamplerSettings, denoise_for, expected_nfe, run_sampler, schedule,
                            step_sizes, used_settings)
+from ncsn.samplers import settings_from
 
 from .conftest import gaussian_score
 
@@ -269,7 +270,7 @@ def test_every_sampler_keeps_float32_with_a_bf16_score_and_reports_its_nfe(name)
     def score(x, sigma):
         return exact(x, sigma).to(torch.bfloat16)
 
-    settings = SamplerSettings(name, n_steps_each=2, n_steps=4, rtol=1e-3, atol=1e-3, denoise=True)
+    settings = SamplerSettings.from_flat(name, n_steps_each=2, n_steps=4, rtol=1e-3, atol=1e-3, denoise=True)
     info, counted = {}, Counted(score)
     out = run_sampler(counted, torch.rand(3, 1, 4, 4), SIGMAS, settings, generator=gen(0), info=info)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
@@ -285,7 +286,7 @@ def check_nfe(info, counted, settings, ladder):
     if settings.sampler != "ode":
         assert info["nfe"] == expected
         return
-    assert expected is None and settings.ode_method == "dopri5" and info["solver_steps"] >= 1
+    assert expected is None and settings.ode.method == "dopri5" and info["solver_steps"] >= 1
     solver = info["nfe"] - 2 - int(denoise_for(settings))
     assert solver % 6 == 0 and solver >= 6 * info["solver_steps"]
 
@@ -294,15 +295,15 @@ def test_run_sampler_is_the_named_sampler_on_the_schedule_from_the_ladder():
     score = gaussian_score(MU, S, SIGMAS)
     x0 = torch.randn(4, 1, 2, 2, generator=gen(0))
     top, bottom = float(SIGMAS[0]), float(SIGMAS[-1])
-    heun = SamplerSettings("heun", n_steps=7, rho=5.0)
+    heun = SamplerSettings.of("heun", n_steps=7, rho=5.0)
     assert torch.equal(schedule(heun, SIGMAS), karras_sigmas(top, bottom, 7, rho=5.0))
     direct = heun_sampler(score, x0, karras_sigmas(top, bottom, 7, 5.0))
     assert torch.equal(run_sampler(score, x0, SIGMAS, heun), direct)
-    pc = SamplerSettings("pc", n_steps=25, snr=0.2, corrector_steps=2)
+    pc = SamplerSettings.of("pc", n_steps=25, snr=0.2, corrector_steps=2)
     assert torch.equal(run_sampler(score, x0, SIGMAS, pc, generator=gen(1)),
                        pc_sampler(score, x0, geometric_sigmas(top, bottom, 25), corrector_steps=2, snr=0.2,
                                   generator=gen(1)))  # both end on the mean (denoise: Score-SDE's default)
-    assert torch.equal(schedule(SamplerSettings("pc"), SIGMAS), SIGMAS)
+    assert torch.equal(schedule(SamplerSettings.of("pc"), SIGMAS), SIGMAS)
     assert expected_nfe(pc, SIGMAS) == 75 and expected_nfe(heun, SIGMAS) == 13
 
 
@@ -342,19 +343,20 @@ def test_bad_sampler_input_is_one_clear_line(call, message):
 
 @pytest.mark.parametrize("changes, message", [
     ({"sampler": "dpm"}, "sampling.sampler: unknown sampler 'dpm'; choose from ald, pc, ode, heun"),
-    ({"sampler": "heun", "n_steps": 0}, "sampling.n_steps: must be >= 1"),
-    ({"snr": -0.1}, "sampling.snr: must be positive"),
-    ({"rtol": 0.0}, "sampling.rtol: must be positive"),
-    ({"rho": 0.0}, "sampling.rho: must be positive"),
-    ({"s_min": 2.0, "s_max": 1.0}, "sampling.s_max: must be >= s_min"),
+    ({"sampler": "heun", "n_steps": 0}, "sampling.heun.n_steps: must be >= 1"),
+    ({"snr": -0.1}, "sampling.pc.snr: must be positive"),
+    ({"rtol": 0.0}, "sampling.ode.rtol: must be positive"),
+    ({"rho": 0.0}, "sampling.heun.rho: must be positive"),
+    ({"s_min": 2.0, "s_max": 1.0}, "sampling.ald.s_max: must be >= s_min"),
 ])
 def test_bad_settings_are_refused_naming_the_key(changes, message):
     from ncsn.samplers import validate
 
     with pytest.raises(ValueError, match=message):
-        validate(SamplerSettings(**changes))
+        validate(SamplerSettings.from_flat(**{"sampler": "ald", **changes}))
     with pytest.raises(ValueError, match=message):
-        run_sampler(gaussian_score(MU, S, SIGMAS), torch.zeros(1, 1, 2, 2), SIGMAS, SamplerSettings(**changes))
+        run_sampler(gaussian_score(MU, S, SIGMAS), torch.zeros(1, 1, 2, 2), SIGMAS,
+                    SamplerSettings.from_flat(**{"sampler": "ald", **changes}))
 
 
 def test_an_ncsnv2_network_runs_every_sampler_and_the_likelihood(one_thread):
@@ -364,7 +366,7 @@ def test_an_ncsnv2_network_runs_every_sampler_and_the_likelihood(one_thread):
                                           num_scales=6)).eval()
     x0 = torch.rand(2, 1, 8, 8, generator=gen(0))
     for name in ("pc", "heun", "ode"):
-        settings, info, counted = SamplerSettings(name, n_steps=3, rtol=1e-2, atol=1e-2), {}, Counted(model)
+        settings, info, counted = SamplerSettings.from_flat(name, n_steps=3, rtol=1e-2, atol=1e-2), {}, Counted(model)
         out = run_sampler(counted, x0, model.sigmas, settings, generator=gen(1), info=info)
         assert torch.isfinite(out).all()
         check_nfe(info, counted, settings, model.sigmas)
@@ -380,20 +382,19 @@ def test_each_sampler_ends_as_its_paper_by_default_in_the_function_and_the_setti
     (EDM's schedule ends at sigma = 0). The settings' default runs the function's default."""
     default = inspect.signature(function).parameters.get("denoise")
     assert (None if default is None else default.default) == DENOISE_DEFAULTS.get(name)
-    assert denoise_for(SamplerSettings(name)) == bool(DENOISE_DEFAULTS.get(name))
+    assert denoise_for(SamplerSettings.of(name)) == bool(DENOISE_DEFAULTS.get(name))
     score = gaussian_score(MU, S, SIGMAS)
     x0 = MU + torch.randn(3, 1, 2, 2, generator=gen(0))
-    sigmas = schedule(SamplerSettings(name, n_steps=4), SIGMAS)
+    sigmas = schedule(SamplerSettings.from_flat(name, n_steps=4), SIGMAS)
     extra = {"n_steps_each": 2} if name == "ald" else {"rtol": 1e-3, "atol": 1e-3} if name == "ode" else {}
     direct = function(score, x0, sigmas, **extra, generator=gen(1))
-    via_settings = run_sampler(score, x0, SIGMAS, SamplerSettings(name, n_steps=4, **extra), generator=gen(1))
+    via_settings = run_sampler(score, x0, SIGMAS, SamplerSettings.from_flat(name, n_steps=4, **extra), generator=gen(1))
     assert torch.equal(direct, via_settings)
 
 
 @pytest.mark.parametrize("preset", ["mnist", "cifar10", "celeba", "fashion_mnist"])
 def test_pc_on_a_v1_preset_ends_on_its_mean_while_ald_keeps_the_papers_noisy_end(preset):
     from ncsn.config import load_config
-    from ncsn.samplers import settings_from
 
     sampling = load_config(preset).sampling
     assert denoise_for(settings_from(sampling)) is False  # ald as NCSN (the pinned v1 samples stay as they were)

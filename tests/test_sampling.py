@@ -121,8 +121,8 @@ def test_step_size_schedule_callback_and_constraint_hooks():
     def score(x, labels):
         return torch.zeros_like(x)
 
-    def cb(level, step, x):
-        seen.append((level, step))
+    def cb(i, sigma_next, x):
+        seen.append((i, sigma_next))
 
     def constraint(x, level, step):
         hooks.append((level, step))
@@ -130,7 +130,7 @@ def test_step_size_schedule_callback_and_constraint_hooks():
 
     out = annealed_langevin(score, x0, SIGMAS[:3], 4, 1e-3, callback=cb, constraint=constraint,
                             generator=torch.Generator().manual_seed(0))
-    assert seen == [(lvl, t) for lvl in range(3) for t in range(4)]
+    assert seen == [(4 * lvl + t, float(SIGMAS[lvl])) for lvl in range(3) for t in range(4)]
     assert hooks == [(lvl, t) for lvl in range(3) for t in [-1, 0, 1, 2, 3]]
     assert torch.all(out[:, :, 0, 0] == 7.0)
     # zero score: each step adds sqrt(2 alpha_i) z; the variance sums 2 * eps * (sigma_i/sigma_L)^2 over the steps.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -22,13 +23,18 @@ from .losses import OBJECTIVES
 from .lr_schedule import LR_SCHEDULES
 from .preconditioning import EDM_P_MEAN, EDM_P_STD, PRECONDITIONINGS
 from .nets.ncsnpp import problems as ncsnpp_problems
-from .samplers import SamplerSettings
+from .samplers import SPECS, SamplerSettings, nest_flat_keys
+from .samplers.settings import not_read
 from .samplers.settings import problems as sampler_problems
 from .score_model import ARCHITECTURES, ModelConfig, NCSNppConfig
 
 
 class ConfigError(InputError):
     """A config problem, reported in one line that names the key."""
+
+
+class FlatSamplingWarning(FutureWarning):
+    """A config, run folder or checkpoint in the old flat ``sampling`` layout (mapped onto the sampler sections)."""
 
 
 @dataclass
@@ -71,9 +77,9 @@ class TrainingConfig:
 
 @dataclass
 class SamplingConfig(SamplerSettings):
-    """The sampler and its settings (``ncsn.samplers.SamplerSettings``: ald by default, with the annealed Langevin
-    keys n_steps_each, step_lr, denoise, convention) used by `ncsn sample`, `inpaint`, `eval`, training-time grids
-    and the demo, plus the number of chains per batch."""
+    """The sampler and its settings (``ncsn.samplers.SamplerSettings``: ``sampler`` (ald by default), ``init`` and
+    one section per sampler, ``sampling.ald.step_lr``, ``sampling.heun.s_churn``, ...) used by `ncsn sample`,
+    `inpaint`, `eval`, training-time grids and the demo, plus the number of chains per batch."""
 
     batch_size: int = 100
 
@@ -151,11 +157,37 @@ def load_config(name_or_path: str = "digits", overrides: list[str] | tuple[str, 
     return _build([_read_yaml(name_or_path)], overrides)
 
 
+def _sectioned(layer, moved: list) -> dict:
+    """A layer (plain dict or DictConfig) with a flat-layout ``sampling`` mapped onto the sampler sections (the flat
+    keys moved are added to ``moved``), and every sampler section's keys checked (one line naming who reads one)."""
+    layer = OmegaConf.to_container(layer) if OmegaConf.is_config(layer) else dict(layer)
+    sampling = layer.get("sampling")
+    if not isinstance(sampling, dict):
+        return layer
+    sampling, flat_keys = nest_flat_keys(sampling)
+    moved += flat_keys
+    for name, spec in SPECS.items():
+        section = sampling.get(name)
+        for key in section if isinstance(section, dict) else ():
+            if key not in spec.keys():
+                raise ConfigError(f"config key 'sampling.{name}.{key}': {not_read(key, name, key)}")
+    return {**layer, "sampling": sampling}
+
+
 def _build(layers: list, overrides, data_root_needed: bool = True) -> RunConfig:
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         layers.append(OmegaConf.from_dotlist([item]))
+    for layer in layers:
+        _check_sections(layer)
+    moved: list = []
+    layers = [_sectioned(layer, moved) for layer in layers]
+    if moved:
+        keys = list(dict.fromkeys(moved))
+        keys = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+        warnings.warn(f"flat sampling keys ({keys}) are deprecated: mapped onto the sampler sections "
+                      "(sampling.<sampler>.<key>, e.g. sampling.ald.step_lr)", FlatSamplingWarning, stacklevel=3)
     config = _resolve(OmegaConf.to_object(_merge(OmegaConf.structured(RunConfig), *layers)))
     validate(config, data_root_needed)
     return config
@@ -176,8 +208,12 @@ def to_dict(config: RunConfig) -> dict:
 
 
 def flat(config: RunConfig) -> dict:
-    """{'section.key': value} for every field."""
-    return {f"{section}.{key}": value for section, values in to_dict(config).items() for key, value in values.items()}
+    """{'section.key': value} for every field (nested sections as 'section.sub.key')."""
+    def walk(prefix: str, values: dict):
+        for key, value in values.items():
+            yield from walk(f"{prefix}{key}.", value) if isinstance(value, dict) else [(f"{prefix}{key}", value)]
+
+    return dict(walk("", to_dict(config)))
 
 
 def changes(old: RunConfig, new: RunConfig) -> dict[str, list]:

@@ -13,23 +13,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .runtime import RuntimeOptions, score_function
-from .samplers import callback_count, check_fits, initial_state, per_example_generators, run_sampler
-
-MAX_FRAMES = 10  # frames kept for a progression when the sampler has no levels (pc off the ladder, heun, ode)
+from .samplers import callback_count, check_fits, frame_steps, initial_state, per_example_generators, run_sampler
 
 
 def batch_generator(seed: int, batch_index: int, device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed((seed * 1_000_003 + batch_index) % (2**63))
-
-
-def frame_steps(settings, sigmas: torch.Tensor) -> set[int]:
-    """Callback counts at which a progression keeps a frame: the end of every level for ald (as before), otherwise
-    up to MAX_FRAMES evenly spaced steps."""
-    total = callback_count(settings, sigmas)
-    if settings.sampler == "ald":
-        return {settings.n_steps_each * (level + 1) for level in range(len(sigmas))}
-    count = min(total, MAX_FRAMES)
-    return {math.ceil(total * (k + 1) / count) for k in range(count)}
 
 
 def generate(
@@ -76,9 +64,9 @@ def generate(
             gen = batch_generator(seed, b, device)
         x0 = initial_state(settings, (count, *image_shape), sigmas, generator=gen, device=device)
 
-        def callback(done, total, x, _first=(b == mine[0])):
+        def callback(i, sigma_next, x, _first=(b == mine[0])):
             bar.update(1)
-            if _first and done in keep:
+            if _first and i + 1 in keep:
                 frames.append(x[:64].clamp(0, 1).cpu())
 
         found: dict = {}

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .samplers import Generators, SamplerSettings, ScoreFn, initial_state, randn, run_sampler, schedule
+from .samplers import (SPECS, Generators, SamplerSettings, ScoreFn, initial_state, randn, run_sampler, sampler_spec,
+                       schedule)
 
 MASK_NAMES = ("left-half", "right-half", "top-half", "bottom-half", "center-box", "every-other-row")
 
@@ -53,22 +54,25 @@ def inpaint(
     redraw_every_step: bool = False,
     generator: Generators = None,
     init: torch.Tensor | None = None,
-    callback: Callable[[int, int, torch.Tensor], None] | None = None,
+    callback: Callable[[int, float, torch.Tensor], None] | None = None,
     settings: SamplerSettings | None = None,
     info: dict | None = None,
 ) -> torch.Tensor:
     """Complete ``images`` (N, C, H, W, [0, 1]) where ``mask`` is 0; known pixels come back exactly as given.
 
-    ``sigmas`` is the model's ladder. ``settings`` (a SamplerSettings naming ald or pc) replaces the four annealed
-    Langevin arguments when given. Chains start from ``init`` (default: the sampler's own start, drawn from
-    ``generator``). The noisy copies of the known pixels are drawn from ``generator`` too, but only when something
-    is known, so an empty mask reproduces the sampler with the same generator. ``callback(done, total, x)`` and
-    ``info`` are ``run_sampler``'s. Returns float32, unclamped, like the sampler.
+    ``sigmas`` is the model's ladder. ``settings`` (a SamplerSettings naming a sampler that takes a constraint: ald
+    or pc) replaces the four annealed Langevin arguments when given. Chains start from ``init`` (default: the
+    sampler's own start, drawn from ``generator``). The noisy copies of the known pixels are drawn from
+    ``generator`` too, but only when something is known, so an empty mask reproduces the sampler with the same
+    generator. ``callback(i, sigma_next, x)`` and ``info`` are ``run_sampler``'s. Returns float32, unclamped, like
+    the sampler.
     """
     if settings is None:
-        settings = SamplerSettings("ald", n_steps_each, step_lr, denoise, convention)
-    if settings.sampler not in ("ald", "pc"):
-        raise ValueError(f"inpainting works with the ald and pc samplers, not {settings.sampler}")
+        settings = SamplerSettings.of("ald", n_steps_each=n_steps_each, step_lr=step_lr, denoise=denoise,
+                                      convention=convention)
+    if not sampler_spec(settings).inpainting:
+        takers = ", ".join(name for name, spec in SPECS.items() if spec.inpainting)
+        raise InputError(f"inpainting works with the {takers} samplers, not {settings.sampler}")
     y = images.detach().to(torch.float32)
     known = fit_mask(mask, y)
     x = initial_state(settings, y.shape, sigmas, generator, y.device) if init is None else init

@@ -45,7 +45,7 @@ class NoisePlan:
         """The config keys this plan sets (model ladder and sampler step)."""
         return {
             "model": {"sigma_max": self.sigma_max, "sigma_min": self.sigma_min, "num_scales": self.num_scales},
-            "sampling": {"n_steps_each": self.steps_each, "step_lr": self.step_lr},
+            "sampling": {"ald": {"n_steps_each": self.steps_each, "step_lr": self.step_lr}},
         }
 
     def describe(self) -> str:

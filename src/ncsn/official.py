@@ -150,7 +150,7 @@ def v2_sampling(sigmas: torch.Tensor) -> SamplingConfig:
     if released is None:
         ratio = (float(sigmas[0]) / float(sigmas[-1])) ** (1 / (len(sigmas) - 1))
         released = V2_DEFAULT_STEPS, ncsnv2_step_lr(V2_DEFAULT_STEPS, float(sigmas[-1]), ratio)
-    return SamplingConfig(n_steps_each=released[0], step_lr=released[1], denoise=True)
+    return SamplingConfig.of("ald", n_steps_each=released[0], step_lr=released[1], denoise=True)
 
 
 def _data_config(source, kind: str, channels: int, dataset: str | None, image_size: int | None) -> DataConfig:

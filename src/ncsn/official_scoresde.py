@@ -155,8 +155,8 @@ def load_scoresde(state: dict, source, ema: bool | None, dataset: str | None,
     sigmas = _ladder(raw.pop("sigmas", None), source)
     model_config = infer_model(raw, sigmas, source)
     config = RunConfig(data=_data_config(source, model_config, dataset, image_size), model=model_config,
-                       sampling=SamplingConfig(sampler="pc", snr=SNR.get(model_config.ncsnpp.image_size, 0.16),
-                                               denoise=True))
+                       sampling=SamplingConfig.of("pc", snr=SNR.get(model_config.ncsnpp.image_size, 0.16),
+                                                  denoise=True))
     try:
         model = build_score_model(model_config)
     except ValueError as err:

@@ -4,18 +4,20 @@ The probability-flow ODE in sigma has slope d = (x - D(x, sigma)) / sigma = -sig
 x + sigma^2 s). Each step is Euler from sigma_i to sigma_{i+1}, corrected with the slope there (Heun) unless
 sigma_{i+1} = 0: 2N - 1 evaluations for N steps on ``karras_sigmas``. Churn (``s_churn`` > 0) first raises sigma_i
 to sigma_hat = sigma_i (1 + gamma), gamma = min(s_churn / N, sqrt(2) - 1) for sigma_i in [s_min, s_max], adding
-noise of std sqrt(sigma_hat^2 - sigma_i^2) s_noise.
+noise of std sqrt(sigma_hat^2 - sigma_i^2) s_noise. ``SPEC`` is the sampler as the registry knows it (settings
+``sampling.heun``: EDM's 18 steps and rho = 7 by default).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from ..schedules import check_schedule
+from ..schedules import check_schedule, karras_sigmas
 from .common import Counted, Generators, ScoreFn, check_noise_range, randn, report, require_any_sigma
+from .spec import Callback, SamplerSpec, check, option
 
 
 def _check(s_churn: float, s_min: float, s_max: float, s_noise: float) -> None:
@@ -34,7 +36,7 @@ def heun_sampler(
     s_max: float = math.inf,
     s_noise: float = 1.0,
     generator: Generators = None,
-    callback: Callable[[int, float, torch.Tensor], None] | None = None,
+    callback: Callback | None = None,
     info: dict | None = None,
 ) -> torch.Tensor:
     """Integrate from x at sigmas[0] through the descending ``sigmas`` (last may be 0); returns float32 x.
@@ -74,3 +76,47 @@ def heun_sampler(
             callback(i, nxt, x)
     report(info, nfe=score_fn.calls)
     return x
+
+
+@dataclass
+class HeunSettings:
+    """``sampling.heun``: EDM's Algorithm 2 (18 steps, rho = 7; deterministic unless s_churn > 0)."""
+
+    n_steps: int = option(18, help="steps N of the rho-schedule (2N - 1 evaluations)")
+    rho: float = option(7.0, help="rho-schedule exponent")
+    s_churn: float = option(0.0, help="churn (0 = deterministic)")
+    s_min: float = option(0.0, help="lowest sigma churned")
+    s_max: float | None = option(None, help="highest sigma churned (none = no bound)")
+    s_noise: float = option(1.0, help="scale of the churn noise")
+
+    def problems(self) -> list[tuple[str, str]]:
+        found: list = []
+        check(found, self.n_steps >= 1, "n_steps", f"must be >= 1, got {self.n_steps}")
+        check(found, self.rho > 0, "rho", f"must be positive, got {self.rho}")
+        check(found, self.s_churn >= 0, "s_churn", f"must be >= 0, got {self.s_churn}")
+        check(found, self.s_min >= 0, "s_min", f"must be >= 0, got {self.s_min}")
+        check(found, self.s_max is None or self.s_max >= self.s_min, "s_max",
+              f"must be >= s_min ({self.s_min}) or none, got {self.s_max}")
+        check(found, self.s_noise > 0, "s_noise", f"must be positive, got {self.s_noise}")
+        return found
+
+
+def _run(score_fn, x, *, sigmas, settings: HeunSettings, generator=None, callback=None, constraint=None, info=None):
+    s = settings
+    s_max = math.inf if s.s_max is None else s.s_max
+    return heun_sampler(score_fn, x, sigmas, s.s_churn, s.s_min, s_max, s.s_noise, generator, callback, info)
+
+
+SPEC = SamplerSpec(
+    name="heun",
+    summary="EDM's second-order Heun sampler on the rho-schedule, optionally with churn",
+    settings=HeunSettings,
+    run=_run,
+    schedule=lambda s, ladder, frames=False: karras_sigmas(float(ladder[0]), float(ladder[-1]), s.n_steps, s.rho,
+                                                           device=ladder.device),
+    expected_nfe=lambda s, ladder: 2 * s.n_steps - 1,
+    callback_count=lambda s, ladder: s.n_steps,
+    needs="any_sigma",
+    inpainting=False,
+    init="prior",
+)

@@ -2,18 +2,20 @@
 
 Two step conventions exist: the image code's x + a*s + sqrt(2a)*z ("code", the default, reproduces the paper's
 images with eps = 2e-5) and the paper's Algorithm 1, x + (a/2)*s + sqrt(a)*z ("paper", used by the toy code).
-``langevin_update`` is also the step of the predictor-corrector sampler's correctors.
+``langevin_update`` is also the step of the predictor-corrector sampler's correctors. ``SPEC`` is the sampler as the
+registry knows it (settings ``sampling.ald``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from ..schedules import check_schedule
 from .common import Counted, Generators, ScoreFn, check_noise_range, randn, report, tweedie
+from .spec import Callback, Constraint, SamplerSpec, check, option
 
 CONVENTIONS = ("code", "paper")
 
@@ -48,8 +50,8 @@ def annealed_langevin(
     denoise: bool = False,
     convention: str = "code",
     generator: Generators = None,
-    callback: Callable[[int, int, torch.Tensor], None] | None = None,
-    constraint: Callable[[torch.Tensor, int, int], None] | None = None,
+    callback: Callback | None = None,
+    constraint: Constraint | None = None,
     info: dict | None = None,
     s_noise: float = 1.0,
     s_min: float = 0.0,
@@ -57,8 +59,9 @@ def annealed_langevin(
 ) -> torch.Tensor:
     """Run Langevin at each level from the largest sigma down and return the final x (float32, unclamped).
 
-    ``score_fn(x, sigma)`` gives the score at noise level ``sigma`` (float32, one per example). ``callback(level,
-    step, x)`` sees every step (keep frames there; nothing is hoarded here). ``constraint(x, level, step)`` may edit
+    ``score_fn(x, sigma)`` gives the score at noise level ``sigma`` (float32, one per example). ``callback(i,
+    sigma_i, x)`` sees every step i = level * n_steps_each + step, and the final Tweedie step (sigma 0) if any (keep
+    frames there; nothing is hoarded here). ``constraint(x, level, step)`` may edit
     x in place before each level (step = -1) and after every step; inpainting uses it to hold known pixels.
     ``denoise`` adds the final Tweedie step x + sigma_L^2 * s(x, L) (off by default, as NCSN; NCSNv2 turns it on).
     ``info``, if given, receives ``nfe`` (L * n_steps_each, plus 1 with ``denoise``). ``s_noise`` scales every
@@ -89,8 +92,59 @@ def annealed_langevin(
             if constraint is not None:
                 constraint(x, level, step)
             if callback is not None:
-                callback(level, step, x)
+                callback(level * n_steps_each + step, float(levels[level]), x)
     if denoise:
         tweedie(score_fn, x, sigma, float(levels[-1]))
+        if callback is not None:
+            callback(len(levels) * n_steps_each, 0.0, x)
     report(info, nfe=score_fn.calls)
     return x
+
+
+@dataclass
+class AldSettings:
+    """``sampling.ald``: annealed Langevin as NCSN samples (T = 100, eps = 2e-5, no final step; the v2 presets set
+    T, eps and denoise as NCSNv2 does)."""
+
+    n_steps_each: int = option(100, flag="--steps-each", help="Langevin steps T per level")
+    step_lr: float = option(2e-5, help="step size eps (alpha_i = eps (sigma_i / sigma_L)^2)")
+    denoise: bool = option(False, help="end with the Tweedie step x + sigma_L^2 s(x, sigma_L) (NCSNv2)")
+    convention: str = option("code", choices=CONVENTIONS,
+                             help="step form: code (x + a s + sqrt(2a) z) or paper (x + a/2 s + sqrt(a) z)")
+    s_noise: float = option(1.0, help="noise scale (temperature s_noise^2) on the levels in [s_min, s_max]")
+    s_min: float = option(0.0, help="lowest sigma s_noise applies to")
+    s_max: float | None = option(None, help="highest sigma s_noise applies to (none = no bound)")
+
+    def problems(self) -> list[tuple[str, str]]:
+        found: list = []
+        check(found, self.n_steps_each >= 1, "n_steps_each", f"must be >= 1, got {self.n_steps_each}")
+        check(found, self.step_lr > 0, "step_lr", f"must be positive, got {self.step_lr}")
+        check(found, self.convention in CONVENTIONS, "convention",
+              f"must be one of {CONVENTIONS}, got {self.convention!r}")
+        check(found, self.s_noise > 0, "s_noise", f"must be positive, got {self.s_noise}")
+        check(found, self.s_min >= 0, "s_min", f"must be >= 0, got {self.s_min}")
+        check(found, self.s_max is None or self.s_max >= self.s_min, "s_max",
+              f"must be >= s_min ({self.s_min}) or none, got {self.s_max}")
+        return found
+
+
+def _run(score_fn, x, *, sigmas, settings: AldSettings, generator=None, callback=None, constraint=None, info=None):
+    s = settings
+    s_max = math.inf if s.s_max is None else s.s_max
+    return annealed_langevin(score_fn, x, sigmas, s.n_steps_each, s.step_lr, s.denoise, s.convention, generator,
+                             callback, constraint, info, s.s_noise, s.s_min, s_max)
+
+
+SPEC = SamplerSpec(
+    name="ald",
+    summary="annealed Langevin dynamics on the model's ladder (NCSN)",
+    settings=AldSettings,
+    run=_run,
+    schedule=lambda s, ladder, frames=False: ladder,
+    expected_nfe=lambda s, ladder: len(ladder) * s.n_steps_each + int(s.denoise),
+    callback_count=lambda s, ladder: len(ladder) * s.n_steps_each + int(s.denoise),
+    needs="ladder",
+    inpainting=True,
+    init="uniform",
+    frame_steps=lambda s, ladder: {s.n_steps_each * (level + 1) for level in range(len(ladder))},
+)

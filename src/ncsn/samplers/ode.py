@@ -5,16 +5,19 @@ RK45 that Score-SDE uses, but torch-native, so the state stays on the GPU (scipy
 at every evaluation) and runs in float32. The solver works in t = log sigma, dx/dt = -sigma^2 s(x, sigma) (the same
 ODE; Score-SDE's time is also linear in log sigma), which spreads its steps evenly over the scales. The error
 control takes the worst example of the batch, so every example meets rtol/atol; the batch shares the steps.
+``SPEC`` is the sampler as the registry knows it (settings ``sampling.ode``, also the likelihood's solver settings).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from ..schedules import check_schedule
+from ..schedules import check_schedule, ve_sde_sigmas
 from .common import Counted, Generators, ScoreFn, report, require_any_sigma, tweedie
+from .spec import Callback, SamplerSpec, check, option
 
 METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")
 DEVICES_WITHOUT_FLOAT64 = frozenset({"mps"})
@@ -88,14 +91,15 @@ def ode_sampler(
     denoise: bool = True,
     method: str = "dopri5",
     generator: Generators = None,
-    callback: Callable[[int, float, torch.Tensor], None] | None = None,
+    callback: Callback | None = None,
     info: dict | None = None,
 ) -> torch.Tensor:
     """Carry x from sigmas[0] to sigmas[-1] along the probability-flow ODE; returns float32 x.
 
     Deterministic (``generator`` is unused; it is taken for a uniform sampler signature). Intermediate sigmas of the
-    schedule are only output points: ``callback(i, sigma_i, x_i)`` sees the solution there (dense output, no extra
-    evaluations). ``denoise`` (on by default, as Score-SDE's noise_removal) adds the Tweedie step at sigmas[-1].
+    schedule are only output points: ``callback(i, sigmas[i + 1], x)`` sees the solution there (dense output, no extra
+    evaluations). ``denoise`` (on by default, as Score-SDE's noise_removal) adds the Tweedie step at sigmas[-1]
+    (called back with sigma 0).
     ``info`` receives ``nfe`` and ``solver_steps``.
     """
     require_any_sigma(score_fn, "the ode sampler")
@@ -107,11 +111,59 @@ def ode_sampler(
     path = solve(flow, x, log_times(sigmas, x.device), rtol, atol, method)
     if callback is not None:
         for i in range(1, len(sigmas)):
-            callback(i, float(sigmas[i]), path[i])
+            callback(i - 1, float(sigmas[i]), path[i])
     x = path[-1].clone()
     del path
     if denoise:
         tweedie(counted, x, torch.empty(x.shape[0], device=x.device), float(sigmas[-1]))
+        if callback is not None:
+            callback(len(sigmas) - 1, 0.0, x)
     report(info, nfe=counted.calls, solver_steps=flow.steps)
     return x
 
+
+
+FRAMES = 10  # output points of the ode sampler when a callback watches (free: dense output)
+
+
+@dataclass
+class ODESettings:
+    """``sampling.ode``: the probability-flow ODE as Score-SDE solves it (RK45 at rtol = atol = 1e-5, then the
+    Tweedie step); the likelihood uses the same solver settings."""
+
+    rtol: float = option(1e-5, help="relative tolerance of the adaptive solver")
+    atol: float = option(1e-5, help="absolute tolerance of the adaptive solver")
+    method: str = option("dopri5", flag="--ode-method", choices=METHODS, help="torchdiffeq adaptive solver")
+    denoise: bool = option(True, help="end with the Tweedie step at sigma_min")
+
+    def problems(self) -> list[tuple[str, str]]:
+        found: list = []
+        check(found, self.rtol > 0, "rtol", f"must be positive, got {self.rtol}")
+        check(found, self.atol > 0, "atol", f"must be positive, got {self.atol}")
+        check(found, self.method in METHODS, "method", f"must be one of {METHODS}, got {self.method!r}")
+        return found
+
+
+def _schedule(s: ODESettings, ladder: torch.Tensor, frames: bool = False) -> torch.Tensor:
+    """From sigma_max to sigma_min; with ``frames``, FRAMES geometric output points in between (no extra cost)."""
+    return ve_sde_sigmas(float(ladder[0]), float(ladder[-1]), FRAMES + 1 if frames else 2, device=ladder.device)
+
+
+def _run(score_fn, x, *, sigmas, settings: ODESettings, generator=None, callback=None, constraint=None, info=None):
+    s = settings
+    return ode_sampler(score_fn, x, sigmas, s.rtol, s.atol, s.denoise, s.method, generator, callback, info)
+
+
+SPEC = SamplerSpec(
+    name="ode",
+    summary="the probability-flow ODE with an adaptive solver (Score-SDE)",
+    settings=ODESettings,
+    run=_run,
+    schedule=_schedule,
+    expected_nfe=lambda s, ladder: None,
+    callback_count=lambda s, ladder: FRAMES + int(s.denoise),
+    needs="any_sigma",
+    inpainting=False,
+    init="prior",
+    legacy={"ode_method": "method"},
+)

@@ -12,19 +12,20 @@ moves at sigma_i, then one predictor move from sigma_i to sigma_{i+1}:
 
 ``denoise`` (on by default) returns the noise-free mean of the last move, as Score-SDE's noise_removal does. The
 Langevin corrector's norms are per example (Score-SDE averages them over the batch), so a sample does not depend on
-the rest of its batch.
+the rest of its batch. ``SPEC`` is the sampler as the registry knows it (settings ``sampling.pc``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from ..schedules import check_schedule
+from ..schedules import check_schedule, ve_sde_sigmas
 from .common import Counted, Generators, ScoreFn, per_example, randn, report, require_on_ladder
 from .langevin import langevin_update
+from .spec import Callback, Constraint, SamplerSpec, check, option
 
 PREDICTORS = ("reverse_diffusion", "euler_maruyama", "none")
 CORRECTORS = ("langevin", "ald", "none")
@@ -66,13 +67,14 @@ def pc_sampler(
     snr: float = 0.16,
     denoise: bool = True,
     generator: Generators = None,
-    callback: Callable[[int, float, torch.Tensor], None] | None = None,
-    constraint: Callable[[torch.Tensor, int, int], None] | None = None,
+    callback: Callback | None = None,
+    constraint: Constraint | None = None,
     info: dict | None = None,
 ) -> torch.Tensor:
     """Predictor-corrector sampling over the descending levels ``sigmas``; returns float32 x (unclamped).
 
-    ``callback(i, sigma_i, x)`` runs after every level. ``constraint(x, level, step)`` edits x in place before each
+    ``callback(i, sigma_next, x)`` runs after every level i: sigma_next is the level the predictor moved x to (0
+    after the last), or sigma_i itself without a predictor. ``constraint(x, level, step)`` edits x in place before each
     level (step = -1) and after every corrector move (step = 0, 1, ...), as in ``annealed_langevin``; inpainting
     uses it. ``info`` receives ``nfe`` = N * (corrector_steps + 1) with both parts on.
     """
@@ -112,6 +114,69 @@ def pc_sampler(
             if not (denoise and i == len(levels) - 1):
                 x.add_(z, alpha=math.sqrt(variance))
         if callback is not None:
-            callback(i, level, x)
+            below = levels[i + 1] if i + 1 < len(levels) else 0.0
+            callback(i, level if predictor == "none" else below, x)
     report(info, nfe=score_fn.calls)
     return x
+
+
+@dataclass
+class PCSettings:
+    """``sampling.pc``: Score-SDE's VE sampler (reverse diffusion + one Langevin corrector move, snr 0.16, ending on
+    the last mean)."""
+
+    n_steps: int | None = option(None, help="levels N of the geometric VE grid (none = the model's own ladder)")
+    predictor: str = option("reverse_diffusion", choices=PREDICTORS, help="predictor")
+    corrector: str = option("langevin", choices=CORRECTORS,
+                            help="corrector: langevin (step 2(snr |z|/|s|)^2) or ald (step 2(snr sigma)^2)")
+    corrector_steps: int = option(1, help="corrector moves per level")
+    snr: float = option(0.16, help="corrector signal-to-noise ratio")
+    denoise: bool = option(True, help="return the last move's noise-free mean (Score-SDE's noise_removal)")
+
+    def problems(self) -> list[tuple[str, str]]:
+        found: list = []
+        check(found, self.n_steps is None or self.n_steps >= 1, "n_steps",
+              f"must be >= 1 (or none), got {self.n_steps}")
+        check(found, self.predictor in PREDICTORS, "predictor", f"must be one of {PREDICTORS}, got {self.predictor!r}")
+        check(found, self.corrector in CORRECTORS, "corrector", f"must be one of {CORRECTORS}, got {self.corrector!r}")
+        check(found, self.corrector_steps >= 0, "corrector_steps", f"must be >= 0, got {self.corrector_steps}")
+        check(found, self.snr > 0, "snr", f"must be positive, got {self.snr}")
+        check(found, self.predictor != "none" or (self.corrector != "none" and self.corrector_steps > 0),
+              "predictor", "pc needs a predictor or a corrector; both are off")
+        return found
+
+
+def _schedule(s: PCSettings, ladder: torch.Tensor, frames: bool = False) -> torch.Tensor:
+    """The model's ladder, or N levels of the VE SDE's geometric grid between its ends."""
+    if s.n_steps is None:
+        return ladder
+    return ve_sde_sigmas(float(ladder[0]), float(ladder[-1]), s.n_steps, device=ladder.device)
+
+
+def _levels(s: PCSettings, ladder: torch.Tensor) -> int:
+    return len(ladder) if s.n_steps is None else s.n_steps
+
+
+def _nfe(s: PCSettings, ladder: torch.Tensor) -> int:
+    corrector = 0 if s.corrector == "none" else s.corrector_steps
+    return _levels(s, ladder) * (corrector + int(s.predictor != "none"))
+
+
+def _run(score_fn, x, *, sigmas, settings: PCSettings, generator=None, callback=None, constraint=None, info=None):
+    s = settings
+    return pc_sampler(score_fn, x, sigmas, s.predictor, s.corrector, s.corrector_steps, s.snr, s.denoise, generator,
+                      callback, constraint, info)
+
+
+SPEC = SamplerSpec(
+    name="pc",
+    summary="Score-SDE's VE predictor-corrector, on the ladder or a geometric grid",
+    settings=PCSettings,
+    run=_run,
+    schedule=_schedule,
+    expected_nfe=_nfe,
+    callback_count=_levels,
+    needs="ladder",
+    inpainting=True,
+    init="prior",
+)
