@@ -9,8 +9,11 @@ import pytest
 import torch
 
 from ncsn import SigmaOffLadderError, karras_sigmas
-from ncsn.samplers import Counted
-from ncsn.samplers.dpmpp import dpmpp_2m_sampler, dpmpp_2m_sde_sampler
+from ncsn.config import FlatSamplingWarning, from_dict, load_config, to_dict
+from ncsn.errors import InputError
+from ncsn.samplers import (SPECS, Counted, SamplerSettings, callback_count, check_fits, expected_nfe, run_sampler,
+                           schedule, used_settings, validate)
+from ncsn.samplers.dpmpp import Dpmpp2mSdeSettings, Dpmpp2mSettings, dpmpp_2m_sampler, dpmpp_2m_sde_sampler
 
 from .conftest import gaussian_score
 
@@ -110,7 +113,8 @@ def test_2m_sde_equals_k_diffusions_update_under_the_same_noise(eta, s_noise, so
 def test_2m_sde_without_noise_and_with_midpoint_is_2m_and_draws_nothing():
     sigmas, x0, g = karras_sigmas(SMAX, SMIN, 12), start(3), gen(1)
     state = g.get_state()
-    assert torch.equal(dpmpp_2m_sde_sampler(SCORE, x0, sigmas, eta=0.0, generator=g), dpmpp_2m_sampler(SCORE, x0, sigmas))
+    ode = dpmpp_2m_sde_sampler(SCORE, x0, sigmas, eta=0.0, generator=g)
+    assert torch.equal(ode, dpmpp_2m_sampler(SCORE, x0, sigmas))
     assert torch.equal(g.get_state(), state)
 
 
@@ -288,3 +292,110 @@ def test_bad_schedules_and_level_conditioned_networks_are_refused(sampler):
     level_conditioned.level_conditioned = True
     with pytest.raises(SigmaOffLadderError, match="dpmpp_2m"):
         sampler(level_conditioned, start(1), karras_sigmas(SMAX, SMIN, 3))
+
+
+# The registry's view: settings, schedule, NFE, strict keys, old configs, and the command line end to end.
+
+LADDER = torch.tensor([SMAX, 1.0, SMIN])
+
+
+@pytest.mark.parametrize("name, keys", [("dpmpp_2m", {}), ("dpmpp_2m", {"n_steps": 7, "rho": 3.0}),
+                                        ("dpmpp_2m_sde", {}),
+                                        ("dpmpp_2m_sde", {"n_steps": 5, "eta": 0.5, "s_noise": 1.1,
+                                                          "solver_type": "heun"})])
+def test_run_sampler_is_the_function_on_the_rho_schedule_of_the_ladder_at_the_papers_defaults(name, keys):
+    settings = SamplerSettings.of(name, **keys)
+    section = settings.section
+    assert (section.n_steps, section.rho) == (keys.get("n_steps", 20), keys.get("rho", 7.0))
+    sigmas = karras_sigmas(float(LADDER[0]), float(LADDER[-1]), section.n_steps, section.rho)
+    assert torch.equal(schedule(settings, LADDER), sigmas)
+    assert expected_nfe(settings, LADDER) == callback_count(settings, LADDER) == section.n_steps
+    info, x0 = {}, start(3)
+    out = run_sampler(SCORE, x0, LADDER, settings, gen(2), info=info)
+    if name == "dpmpp_2m":
+        assert torch.equal(out, dpmpp_2m_sampler(SCORE, x0, sigmas))
+    else:
+        assert (section.eta, section.s_noise, section.solver_type) == (keys.get("eta", 1.0), keys.get("s_noise", 1.0),
+                                                                      keys.get("solver_type", "midpoint"))
+        assert torch.equal(out, dpmpp_2m_sde_sampler(SCORE, x0, sigmas, section.eta, section.s_noise,
+                                                     section.solver_type, gen(2)))
+    assert info["nfe"] == section.n_steps
+    assert used_settings(settings) == {"sampler": name, **{key: getattr(section, key) for key in SPECS[name].keys()},
+                                       "init": "auto"}
+
+
+@pytest.mark.parametrize("name, keys, message", [
+    ("dpmpp_2m", {"n_steps": 0}, "sampling.dpmpp_2m.n_steps: must be >= 1, got 0"),
+    ("dpmpp_2m", {"rho": -1.0}, "sampling.dpmpp_2m.rho: must be positive, got -1.0"),
+    ("dpmpp_2m_sde", {"eta": -0.5}, "sampling.dpmpp_2m_sde.eta: must be finite and >= 0, got -0.5"),
+    ("dpmpp_2m_sde", {"s_noise": 0.0}, "sampling.dpmpp_2m_sde.s_noise: must be positive, got 0.0"),
+    ("dpmpp_2m_sde", {"solver_type": "euler"},
+     "sampling.dpmpp_2m_sde.solver_type: must be one of ('midpoint', 'heun'), got 'euler'"),
+])
+def test_bad_settings_are_one_line_naming_the_key(name, keys, message):
+    with pytest.raises(InputError) as err:
+        validate(SamplerSettings.of(name, **keys))
+    assert str(err.value) == message
+
+
+def test_keys_of_another_sampler_are_refused_naming_the_sampler_that_reads_them():
+    with pytest.raises(InputError, match="^eta is a setting of the dpmpp_2m_sde sampler, not dpmpp_2m$"):
+        SamplerSettings.of("dpmpp_2m", eta=0.5)
+    with pytest.raises(InputError, match="^s_churn is a setting of the heun sampler, not dpmpp_2m_sde$"):
+        SamplerSettings.of("dpmpp_2m_sde", s_churn=1.0)
+    with pytest.raises(InputError, match="solver_type is a setting of the dpmpp_2m_sde sampler, not heun"):
+        load_config("digits", ["sampling.heun.solver_type=heun"])
+    config = load_config("digits", ["sampling.sampler=dpmpp_2m_sde", "sampling.dpmpp_2m_sde.eta=0.25"])
+    assert config.sampling.section.eta == 0.25 and config.sampling.section.n_steps == 20
+
+
+def test_an_old_flat_config_leaves_the_new_samplers_at_their_defaults():
+    """The flat layout never had these samplers: its s_noise (ald's temperature), n_steps and rho stay out."""
+    values = to_dict(load_config("digits"))
+    values["sampling"] = {"sampler": "ald", "n_steps_each": 10, "step_lr": 1e-3, "n_steps": 7, "rho": 3.0,
+                          "s_noise": 1.2, "s_max": 0.11, "batch_size": 100}
+    with pytest.warns(FlatSamplingWarning):
+        config = from_dict(values)
+    assert config.sampling.heun.s_noise == 1.2 and config.sampling.heun.n_steps == 7  # the old samplers keep them
+    assert config.sampling.dpmpp_2m == Dpmpp2mSettings()
+    assert config.sampling.dpmpp_2m_sde == Dpmpp2mSdeSettings()
+
+
+def test_a_level_conditioned_network_is_refused_up_front():
+    def level_conditioned(x, sigma):
+        return SCORE(x, sigma)
+
+    level_conditioned.level_conditioned = True
+    for name in ("dpmpp_2m", "dpmpp_2m_sde"):
+        with pytest.raises(SigmaOffLadderError, match=f"the {name} sampler evaluates the score at sigmas between"):
+            check_fits(level_conditioned, SamplerSettings.of(name), LADDER)
+
+
+TINY = ["model.ngf=4", "model.num_scales=10", "training.n_iters=2", "training.batch_size=8",
+        "training.checkpoint_every=2", "training.sample_every=2", "training.sample_n=4", "training.log_every=1",
+        "training.eval_every=100", "sampling.batch_size=4"]
+
+
+def test_a_trained_model_samples_with_both_end_to_end(tmp_path, unconditional_arch):
+    """Training draws its grid with dpmpp_2m_sde (3 steps) from the config's section; the saved run samples with
+    either through ``generate``, NFE per batch as the spec says, seeded."""
+    from ncsn.checkpoint import load_score_model
+    from ncsn.generate import generate
+    from ncsn.samplers import settings_from
+    from ncsn.training import train
+
+    config = load_config("digits", [*TINY, f"model.arch={unconditional_arch}", "sampling.sampler=dpmpp_2m_sde",
+                                    "sampling.dpmpp_2m_sde.n_steps=3", "sampling.dpmpp_2m.n_steps=4"])
+    train(config, tmp_path, device="cpu", progress=False)
+    assert (tmp_path / "samples" / "step_00000002.png").is_file()
+    model, loaded, _ = load_score_model(tmp_path)
+    assert loaded.sampling.sampler == "dpmpp_2m_sde" and loaded.sampling.dpmpp_2m.n_steps == 4
+    for name, steps in (("dpmpp_2m", 4), ("dpmpp_2m_sde", 3)):
+        settings, info = settings_from(loaded.sampling, sampler=name), {}
+        _, images, frames = generate(model, model.sigmas, 5, (1, 8, 8), settings, seed=3, batch_size=2,
+                                     keep_frames=True, info=info)
+        assert images.shape == (5, 1, 8, 8) and torch.isfinite(images).all()
+        assert info["nfe_per_batch"] == [steps] * 3 and len(frames) == steps
+        _, again, _ = generate(model, model.sigmas, 5, (1, 8, 8), settings, seed=3, batch_size=2)
+        _, other, _ = generate(model, model.sigmas, 5, (1, 8, 8), settings, seed=4, batch_size=2)
+        assert torch.equal(again, images) and not torch.equal(other, images)

@@ -12,31 +12,39 @@ where the multistep term extrapolates D linearly from the previous step (r = h_{
 ('midpoint', the paper's form) or c = (1 - (1 - e^{-H}) / H) / r ('heun', the exact integral of the linear
 extrapolation). The first step has no previous D and is first order; a last step to sigma = 0 is the denoise
 x = D(x, sigma_last). eta = 0 is the probability-flow ODE (with 'midpoint': DPM-Solver++(2M)), eta = 1 the reverse
-SDE; any eta >= 0 keeps the marginals. One evaluation per step, always at a sigma > 0.
+SDE; any eta >= 0 keeps the marginals. One evaluation per step, always at a sigma > 0. ``SPEC_2M`` and
+``SPEC_2M_SDE`` are the samplers as the registry knows them (settings ``sampling.dpmpp_2m``, ``sampling.dpmpp_2m_sde``:
+EDM's rho-schedule of 20 steps from the ladder's ends, k-diffusion's eta = 1, s_noise = 1, 'midpoint').
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from ..schedules import check_schedule
+from ..schedules import check_schedule, karras_sigmas
 from .common import Counted, Generators, ScoreFn, randn, report, require_any_sigma
+from .spec import Callback, SamplerSpec, check, option
 
 SOLVER_TYPES = ("midpoint", "heun")
-Callback = Callable[[int, float, torch.Tensor], None]
+DEFAULT_STEPS = 20  # the DPM-Solver++ paper samples well in 15 to 20 steps
+
+
+def sde_problems(eta: float, s_noise: float, solver_type: str) -> list[tuple[str, str]]:
+    """(key, message) for eta (finite, >= 0), s_noise (positive) and solver_type (SOLVER_TYPES) out of range."""
+    found: list = []
+    check(found, math.isfinite(eta) and eta >= 0, "eta", f"must be finite and >= 0, got {eta}")
+    check(found, math.isfinite(s_noise) and s_noise > 0, "s_noise", f"must be positive, got {s_noise}")
+    check(found, solver_type in SOLVER_TYPES, "solver_type", f"must be one of {SOLVER_TYPES}, got {solver_type!r}")
+    return found
 
 
 def check_sde_settings(eta: float, s_noise: float, solver_type: str) -> None:
-    """eta finite and >= 0, s_noise positive, solver_type one of SOLVER_TYPES, or ValueError."""
-    if not (math.isfinite(eta) and eta >= 0):
-        raise ValueError(f"eta must be finite and >= 0, got {eta}")
-    if not (math.isfinite(s_noise) and s_noise > 0):
-        raise ValueError(f"s_noise must be positive, got {s_noise}")
-    if solver_type not in SOLVER_TYPES:
-        raise ValueError(f"solver_type must be one of {SOLVER_TYPES}, got {solver_type!r}")
+    """The first of ``sde_problems`` as a ValueError ('eta must be finite and >= 0, got -1')."""
+    for key, message in sde_problems(eta, s_noise, solver_type)[:1]:
+        raise ValueError(f"{key} {message}")
 
 
 def _multistep(score_fn: ScoreFn, x: torch.Tensor, sigmas: torch.Tensor, eta: float, s_noise: float,
@@ -110,3 +118,79 @@ def dpmpp_2m_sde_sampler(
     Brownian tree gives the same law on a fixed schedule, here the draws are plain seeded normals)."""
     return _multistep(score_fn, x, sigmas, eta, s_noise, solver_type, generator, callback, info,
                       "the dpmpp_2m_sde sampler")
+
+
+@dataclass
+class Dpmpp2mSettings:
+    """``sampling.dpmpp_2m``: DPM-Solver++(2M) on EDM's rho-schedule (N steps, N evaluations, the last a denoise)."""
+
+    n_steps: int = option(DEFAULT_STEPS, help="steps N of the rho-schedule (N evaluations)")
+    rho: float = option(7.0, help="rho-schedule exponent")
+
+    def problems(self) -> list[tuple[str, str]]:
+        found: list = []
+        check(found, self.n_steps >= 1, "n_steps", f"must be >= 1, got {self.n_steps}")
+        check(found, self.rho > 0, "rho", f"must be positive, got {self.rho}")
+        return found
+
+
+@dataclass
+class Dpmpp2mSdeSettings(Dpmpp2mSettings):
+    """``sampling.dpmpp_2m_sde``: DPM-Solver++(2M) SDE, k-diffusion's defaults (eta = 1: the reverse SDE; midpoint)."""
+
+    eta: float = option(1.0, help="noise level of the steps (0 = the ODE, 1 = the reverse SDE)")
+    s_noise: float = option(1.0, help="scale of the noise added at every step")
+    solver_type: str = option("midpoint", choices=SOLVER_TYPES,
+                              help="second-order term: midpoint (the paper's) or heun (the exact integral)")
+
+    def problems(self) -> list[tuple[str, str]]:
+        return super().problems() + sde_problems(self.eta, self.s_noise, self.solver_type)
+
+
+def _schedule(s: Dpmpp2mSettings, ladder: torch.Tensor, frames: bool = False) -> torch.Tensor:
+    """EDM's rho-schedule of n_steps from the ladder's sigma_max to its sigma_min, then 0."""
+    return karras_sigmas(float(ladder[0]), float(ladder[-1]), s.n_steps, s.rho, device=ladder.device)
+
+
+def _run_2m(score_fn, x, *, sigmas, settings: Dpmpp2mSettings, generator=None, callback=None, constraint=None,
+            info=None):
+    return dpmpp_2m_sampler(score_fn, x, sigmas, callback, info)
+
+
+def _run_2m_sde(score_fn, x, *, sigmas, settings: Dpmpp2mSdeSettings, generator=None, callback=None,
+                constraint=None, info=None):
+    s = settings
+    return dpmpp_2m_sde_sampler(score_fn, x, sigmas, s.eta, s.s_noise, s.solver_type, generator, callback, info)
+
+
+# Neither sampler existed in the flat layout of old configs: no flat key of theirs maps here (an old preset's s_noise
+# was ald's temperature, its n_steps pc's levels or heun's steps), so both start at their defaults.
+_NOT_FROM_FLAT = {"n_steps": "", "rho": "", "s_noise": ""}
+
+SPEC_2M = SamplerSpec(
+    name="dpmpp_2m",
+    summary="DPM-Solver++(2M): second-order multistep ODE solver, one evaluation per step (rho-schedule)",
+    settings=Dpmpp2mSettings,
+    run=_run_2m,
+    schedule=_schedule,
+    expected_nfe=lambda s, ladder: s.n_steps,
+    callback_count=lambda s, ladder: s.n_steps,
+    needs="any_sigma",
+    inpainting=False,
+    init="prior",
+    legacy=_NOT_FROM_FLAT,
+)
+
+SPEC_2M_SDE = SamplerSpec(
+    name="dpmpp_2m_sde",
+    summary="DPM-Solver++(2M) SDE: the multistep solver with fresh noise at every step, one evaluation per step",
+    settings=Dpmpp2mSdeSettings,
+    run=_run_2m_sde,
+    schedule=_schedule,
+    expected_nfe=lambda s, ladder: s.n_steps,
+    callback_count=lambda s, ladder: s.n_steps,
+    needs="any_sigma",
+    inpainting=False,
+    init="prior",
+    legacy=_NOT_FROM_FLAT,
+)
