@@ -212,7 +212,7 @@ def test_a_full_disk_and_a_read_only_folder_are_one_line_and_keep_the_last_check
 
 def test_a_bug_keeps_its_traceback(trained, tmp_path, monkeypatch):
     """Only the library's own errors become one line; a ValueError from a bug is not passed off as bad input."""
-    from ncsn.cli import run as run_module
+    from ncsn.cli import sample as run_module
 
     def broken(*args, **kwargs):
         raise ValueError("an internal bug")
@@ -246,12 +246,12 @@ def _sample_without_a_shared_filesystem(rank, world, port, root, source):
                       LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
     from ncsn import distributed
     from ncsn.checkpoint import load_score_model
-    from ncsn.cli.run import resolved_sampling, sample_to_folder
+    from ncsn.cli.sample import resolved_sampling, sample_to_folder
 
     torch.set_num_threads(1)  # as the reference below: thread counts may change float32 summation order
     info = distributed.setup("cpu")
     model, config, meta = load_score_model(source)
-    resolved_sampling(config, None, 2, None, 4)
+    config = resolved_sampling(config, None, 2, None, 4)
     sample_to_folder(model, config, meta, 10, 5, f"{root}/rank{rank}", info, runtime=None)
     assert distributed.broadcast_from_main(f"best of rank {rank}") == "best of rank 0"  # what --sweep sends
     distributed.cleanup()

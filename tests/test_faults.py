@@ -219,7 +219,7 @@ def test_a_kill_while_writing_samples_keeps_the_previous_outputs(tmp_path, monke
 
     monkeypatch.setattr(np, "savez_compressed", killed)
     with pytest.raises(KeyboardInterrupt):
-        from ncsn.cli.run import sample_to_folder
+        from ncsn.cli.sample import sample_to_folder
         from ncsn import distributed
 
         model, config, info = load_score_model(tmp_path / "a.pt")

@@ -153,6 +153,10 @@ def test_a_flat_override_maps_the_same_way():
     assert (config.sampling.pc.n_steps, config.sampling.heun.n_steps) == (7, 7)
     new = from_dict(to_dict(load_config("digits")), ["sampling.heun.s_max=0.3"])
     assert (new.sampling.ald.s_max, new.sampling.heun.s_max) == (0.11, 0.3)
+    # a flat null meant "each sampler's paper default": the digits preset's ald.denoise true goes back to NCSN's off
+    unset = load_once(to_dict(load_config("digits")), ["sampling.denoise=null", "sampling.n_steps=null"])
+    assert (unset.sampling.ald.denoise, unset.sampling.pc.denoise, unset.sampling.ode.denoise) == (False, True, True)
+    assert (unset.sampling.pc.n_steps, unset.sampling.heun.n_steps) == (None, 18)
 
 
 def test_an_old_checkpoint_loads_once_and_samples_as_before(tmp_path):

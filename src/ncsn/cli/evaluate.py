@@ -14,8 +14,9 @@ from ..evaluation import evaluate_samples, parse_metrics, pick_best, sweep_metri
 from ..evaluation.fidelity import resolve_inception_weights
 from ..evaluation.reference import read_samples
 from ..evaluation.report import INCEPTION, default_n, headline
+from .option_groups import n_option, out_option, output_options
 from .options import user_errors, write_json
-from .run import model_source, resolved_sampling, sample_to_folder, sampling_options
+from .sample import resolved_sampling, sample_to_folder, sampling_options
 
 
 def _files_dir(out: Path) -> Path:
@@ -23,13 +24,7 @@ def _files_dir(out: Path) -> Path:
     return out.with_suffix("") if out.suffix == ".json" else out.with_name(out.name + "_files")
 
 
-def _load(source, ema, official, denoise, steps_each, step_lr, batch_size, device):
-    model, config, info = load_score_model(source, ema=ema, device=device, **official)
-    resolved_sampling(config, denoise, steps_each, step_lr, batch_size)
-    return model, config, info
-
-
-def _sweep(workdir, n, seed, folder, dist_info, load, evaluate) -> Path:
+def _sweep(workdir, n, seed, folder, dist_info, load, evaluate, runtime) -> Path:
     """FID on ``n`` samples (same seed) for every checkpoint; rank 0 writes the table, every rank returns the best."""
     found = sweep_checkpoints(workdir)  # slim snapshots where the run made them, full checkpoints otherwise
     if not found:
@@ -39,7 +34,7 @@ def _sweep(workdir, n, seed, folder, dist_info, load, evaluate) -> Path:
         model, config, info = load(path)
         metric = sweep_metric(config.data.dataset)
         step_dir = folder / f"step_{step:08d}"
-        summary = sample_to_folder(model, config, info, n, seed, step_dir, dist_info)
+        summary = sample_to_folder(model, config, info, n, seed, step_dir, dist_info, runtime=runtime)
         if dist_info.is_main:
             samples = read_samples(step_dir / "samples.npz")
             start = time.perf_counter()
@@ -58,8 +53,11 @@ def _sweep(workdir, n, seed, folder, dist_info, load, evaluate) -> Path:
 
 @click.command("eval")
 @sampling_options
-@click.option("--n", "--num-samples", "n", type=click.IntRange(min=2), default=None,
-              help="Samples to generate [default: 50,000 for RGB data (the paper), 10,000 for grey-scale].")
+@output_options(
+    n=n_option(None, "Samples to generate [default: 50,000 for RGB data (the paper), 10,000 for grey-scale].",
+               minimum=2, torchrun=True),
+    out=out_option("file", "Report FILE.json; samples, grids and plots go to the folder FILE/ beside it."),
+)
 @click.option("--metrics", default=None, metavar="LIST",
               help="Comma-separated: is,fid,kid (Inception), cfid,cscore (small classifier, grey-scale data), loss, "
                    "nn [default: is,fid,kid,loss,nn for RGB data; cfid,cscore,loss,nn for grey-scale].")
@@ -71,26 +69,23 @@ def _sweep(workdir, n, seed, folder, dist_info, load, evaluate) -> Path:
 @click.option("--nn-k", type=click.IntRange(1, 20), default=5, help="Training neighbours shown per sample for `nn`.")
 @click.option("--sweep", is_flag=True, help="First pick the checkpoint of --workdir with the lowest FID on --sweep-n.")
 @click.option("--sweep-n", type=click.IntRange(min=2), default=1000, help="Samples per checkpoint in the sweep.")
-@click.option("--out", type=click.Path(dir_okay=False), required=True,
-              help="Report FILE.json; samples, grids and plots go to the folder FILE/ beside it.")
 @user_errors
-def eval_command(workdir, checkpoint, ema, dataset, image_size, denoise, steps_each, step_lr, batch_size, seed, device,
-                 n, metrics, samples_file, inception_weights, loss_images, nn_k, sweep, sweep_n, out):
+def eval_command(source, denoise, steps_each, step_lr, device, runtime, output, metrics, samples_file,
+                 inception_weights, loss_images, nn_k, sweep, sweep_n):
     """Sample N images (sharded under torchrun) and measure them against the dataset's training split."""
-    source = model_source(workdir, checkpoint)
-    if sweep and not workdir:
+    n, seed, out = output.n, output.seed, output.out
+    if sweep and not source.workdir:
         raise click.UsageError("--sweep needs --workdir (it compares the run's checkpoints)")
     if sweep and samples_file:
         raise click.UsageError("--sweep samples every checkpoint itself; drop --samples")
-    out = Path(out)
     files = _files_dir(out)
     dist_info = distributed.setup(device)
 
     def load(path):
-        official = {"dataset": dataset, "image_size": image_size}
-        return _load(path, ema, official, denoise, steps_each, step_lr, batch_size, dist_info.device)
+        model, config, info = load_score_model(path, device=dist_info.device, **source.load_kwargs())
+        return model, resolved_sampling(config, denoise, steps_each, step_lr, output.batch_size), info
 
-    model, config, info = load(source)
+    model, config, info = load(source.path)
     wanted = parse_metrics(metrics, config.data.dataset)
     if INCEPTION & set(wanted) or (sweep and sweep_metric(config.data.dataset) == "fid"):
         resolve_inception_weights(inception_weights)  # fail before sampling, not after
@@ -104,12 +99,12 @@ def eval_command(workdir, checkpoint, ema, dataset, image_size, denoise, steps_e
 
     selected = None
     if sweep:
-        selected = _sweep(workdir, sweep_n, seed, files / "sweep", dist_info, load, evaluate)
+        selected = _sweep(source.workdir, sweep_n, seed, files / "sweep", dist_info, load, evaluate, runtime)
         model, config, info = load(selected)
     n = n or default_n(config.data.dataset)
     sampling = {}
     if samples_file is None:
-        sampling = sample_to_folder(model, config, info, n, seed, files, dist_info)
+        sampling = sample_to_folder(model, config, info, n, seed, files, dist_info, runtime=runtime)
         samples_file = files / "samples.npz"
     if not dist_info.is_main:
         distributed.cleanup()
@@ -121,7 +116,7 @@ def eval_command(workdir, checkpoint, ema, dataset, image_size, denoise, steps_e
     report = evaluate(samples, wanted, config, model, files)
     report["seconds"] = {"sampling": round(sampling.get("seconds", 0.0), 3), **report["seconds"]}
     result = {
-        "source": str(selected or source), "weights": info["weights"], "step": info.get("step"),
+        "source": str(selected or source.path), "weights": info["weights"], "step": info.get("step"),
         "dataset": config.data.dataset, "image_size": config.data.image_size, "n": len(samples), "seed": seed,
         "samples": str(samples_file), "sampling": sampling, "sweep": str(files / "sweep" / "sweep.json") if sweep else None,
         **report,

@@ -18,10 +18,11 @@ from ..generate import batch_generator
 from ..images import auto_scale, grid_image, masked_view
 from ..io import save_image, save_npz
 from ..inpainting import MASK_NAMES, inpaint, make_mask, parse_mask_spec, quality
-from ..runtime import score_function
+from ..runtime import RuntimeOptions, score_function
 from ..samplers import callback_count, check_fits, used_settings
+from .option_groups import out_option, output_options
 from .options import user_errors, write_json
-from .run import current_runtime, model_source, nfe_summary, resolved_sampling, sampling_options
+from .sample import nfe_summary, resolved_sampling, sampling_options
 from .sampler_options import note_untrained_ladder
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -70,14 +71,15 @@ def original_images(source: str, config, count: int) -> torch.Tensor:
 
 
 def complete(model, originals: torch.Tensor, known: torch.Tensor, m: int, settings, seed: int, device,
-             redraw: bool, nfe: list | None = None) -> torch.Tensor:
+             redraw: bool, nfe: list | None = None, runtime: RuntimeOptions | None = None) -> torch.Tensor:
     """M completions of each original ([0, 1], (K, C, H, W)) as (K, M, C, H, W) by the ald or pc sampler; chunk b of
-    the K*M chains is seeded from (seed, b) as in `ncsn sample`. ``nfe`` collects each chunk's evaluations."""
+    the K*M chains is seeded from (seed, b) as in `ncsn sample`. ``nfe`` collects each chunk's evaluations;
+    ``runtime`` is the command's --compile/--precision/--channels-last (the defaults when None)."""
     k = originals.shape[0]
     images = originals.repeat_interleave(m, dim=0)
     total, size = images.shape[0], settings.batch_size
     sigmas = model.sigmas.to(device)
-    score = score_function(model, current_runtime(), device)  # --compile/--precision/--channels-last
+    score = score_function(model, runtime or RuntimeOptions(), device)
     check_fits(score, settings, sigmas)
     steps = callback_count(settings, sigmas)
     bar = tqdm(total=math.ceil(total / size) * steps, desc=f"inpainting ({settings.sampler})", unit="step")
@@ -99,34 +101,34 @@ def complete(model, originals: torch.Tensor, known: torch.Tensor, m: int, settin
 @click.option("--mask", "mask_spec", default="left-half", callback=_check_mask, metavar="SPEC",
               help=f"Known pixels: {', '.join(MASK_NAMES)}, random-pixels:P (share P missing) or a PNG "
                    "(grey >= 128 = known).")
-@click.option("--images", "source", default="test", metavar="test|train|FOLDER",
+@click.option("--images", "images_source", default="test", metavar="test|train|FOLDER",
               help="Originals: the model dataset's test or train split, or a folder of PNG/JPG files.")
 @click.option("--n-images", type=click.IntRange(min=1), default=20, help="Number of originals K.")
 @click.option("--n-per-image", type=click.IntRange(min=1), default=20, help="Completions M of each original.")
 @click.option("--redraw/--no-redraw", default=False,
               help="Redraw the noisy known pixels at every step (v2 code) instead of once per level (paper).")
-@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
+@output_options(out=out_option("folder", "Output folder."))
 @user_errors
-def inpaint_command(workdir, checkpoint, ema, dataset, image_size, denoise, steps_each, step_lr, batch_size, seed,
-                    device, mask_spec, source, n_images, n_per_image, redraw, out):
+def inpaint_command(source, denoise, steps_each, step_lr, device, runtime, mask_spec, images_source, n_images,
+                    n_per_image, redraw, output):
     """Inpaint under a mask with the ald or pc sampler: inpainting.npz (original, mask, samples), grid.png and
     inpainting.json with figures, the sampler, its settings and the NFE."""
+    seed, out = output.seed, output.out
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, config, info = load_score_model(model_source(workdir, checkpoint), ema=ema, device=device, dataset=dataset,
-                                           image_size=image_size)
-    settings = resolved_sampling(config, denoise, steps_each, step_lr, batch_size)
+    model, config, info = load_score_model(source.path, device=device, **source.load_kwargs())
+    config = resolved_sampling(config, denoise, steps_each, step_lr, output.batch_size)
+    settings = config.sampling
     size = config.data.image_size
     known = make_mask(mask_spec, size, size, seed=seed)
-    originals = original_images(source, config, n_images).float() / 255.0
+    originals = original_images(images_source, config, n_images).float() / 255.0
     if settings.sampler not in ("ald", "pc"):
         raise InputError(f"--sampler {settings.sampler}: inpainting works with the ald and pc samplers")
     note_untrained_ladder(config)
     start = time.perf_counter()
     nfe: list[int] = []
-    samples = complete(model, originals, known, n_per_image, settings, seed, device, redraw, nfe)
+    samples = complete(model, originals, known, n_per_image, settings, seed, device, redraw, nfe, runtime)
     seconds = time.perf_counter() - start
 
-    out = Path(out)
     stored = torch.from_numpy(to_uint8_hwc(samples.flatten(0, 1))).permute(0, 3, 1, 2).float() / 255.0
     figures = quality(originals, stored.view_as(samples), known)
     rows = torch.cat([originals[:, None], masked_view(originals, known)[:, None], samples], dim=1)
@@ -140,7 +142,7 @@ def inpaint_command(workdir, checkpoint, ema, dataset, image_size, denoise, step
         save_image(out / "grid.png", grid_image(rows.flatten(0, 1), nrow=n_per_image + 2, scale=auto_scale(size)))
     s = settings
     report = {
-        "mask": mask_spec, "images": source, "n_images": n_images, "n_per_image": n_per_image, "seed": seed,
+        "mask": mask_spec, "images": images_source, "n_images": n_images, "n_per_image": n_per_image, "seed": seed,
         "redraw_every_step": redraw, "weights": info["weights"], "step": info.get("step"),
         "n_steps_each": s.n_steps_each, "step_lr": s.step_lr, "denoise": s.denoise, "convention": s.convention,
         "batch_size": s.batch_size, "sampler": s.sampler, "sampler_settings": used_settings(s), **nfe_summary(nfe),

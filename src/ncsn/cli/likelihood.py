@@ -18,8 +18,8 @@ from ..likelihood import PROBES, bits_per_dim
 from ..samplers.common import require_any_sigma
 from ..errors import InputError
 from ..io import write_text
+from .option_groups import BATCH_SIZE, SEED, model_source_options, n_option, out_option, output_options
 from .options import POSITIVE, device_option, finite, user_errors
-from .run import model_source, official_options
 
 
 def likelihood_images(source: str, config, limit: int | None = None) -> torch.Tensor:
@@ -49,31 +49,26 @@ def interval(values: torch.Tensor) -> dict:
 
 
 @click.command("likelihood")
-@click.option("--workdir", type=click.Path(file_okay=False), help="Run folder (its latest checkpoint).")
-@click.option("--checkpoint", type=click.Path(dir_okay=True), help="Checkpoint, export or official NCSNv2 .pth file.")
-@click.option("--ema/--no-ema", default=None, help="Use EMA weights [default: EMA when the checkpoint has them].")
-@official_options
-@click.option("--images", "source", default="test", metavar="test|train|FILE.npz",
+@model_source_options
+@click.option("--images", "images_source", default="test", metavar="test|train|FILE.npz",
               help="Images: the model dataset's test or train split, or an .npz of uint8 N x H x W x C images.")
-@click.option("--n", type=click.IntRange(min=1), default=None, help="Number of images [default: all of them].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per solve [default: config].")
 @click.option("--probe", type=click.Choice(PROBES), default="rademacher", help="Hutchinson trace probes.")
 @click.option("--rtol", type=POSITIVE, default=1e-5, help="ODE relative tolerance (Score-SDE's value).")
 @click.option("--atol", type=POSITIVE, default=1e-5, help="ODE absolute tolerance.")
-@click.option("--seed", type=int, default=0, help="Seed of the dequantisation and the probes; batch b uses (seed, b).")
 @device_option()
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the JSON report here.")
+@output_options(n=n_option(None, "Number of images [default: all of them]."), batch_size=BATCH_SIZE, seed=SEED,
+                out=out_option("file", "Also write the JSON report here.", required=False))
 @user_errors
-def likelihood_command(workdir, checkpoint, ema, dataset, image_size, source, n, batch_size, probe, rtol, atol, seed,
-                       device, out):
-    """Bits/dim under the probability-flow ODE (uniform dequantisation, 8-bit offset) of a sigma-scaled model."""
+def likelihood_command(source, images_source, probe, rtol, atol, device, output):
+    """Bits/dim under the probability-flow ODE (uniform dequantisation, 8-bit offset) of a sigma-scaled model; the
+    seed draws the dequantisation and the probes."""
+    n, batch_size, seed, out = output.n, output.batch_size, output.seed, output.out
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, config, info = load_score_model(model_source(workdir, checkpoint), ema=ema, device=device, dataset=dataset,
-                                           image_size=image_size)
+    model, config, info = load_score_model(source.path, device=device, **source.load_kwargs())
     require_any_sigma(model, "the likelihood")
-    images = likelihood_images(source, config, limit=n)
+    images = likelihood_images(images_source, config, limit=n)
     if n is not None and len(images) < n:
-        raise InputError(f"--n {n}: {source} has only {len(images)} images")
+        raise InputError(f"--n {n}: {images_source} has only {len(images)} images")
     images = images[:n] if n is not None else images
     size = batch_size or config.sampling.batch_size
     shape = (config.model.in_channels, config.data.image_size, config.data.image_size)
@@ -90,8 +85,8 @@ def likelihood_command(workdir, checkpoint, ema, dataset, image_size, source, n,
     seconds = time.perf_counter() - start
     bpd = torch.cat(values)
     report = {
-        "source": str(workdir or checkpoint), "weights": info["weights"], "step": info.get("step"),
-        "dataset": config.data.dataset, "images": source, "n": len(bpd), "bits_per_dim": interval(bpd),
+        "source": str(source.path), "weights": info["weights"], "step": info.get("step"),
+        "dataset": config.data.dataset, "images": images_source, "n": len(bpd), "bits_per_dim": interval(bpd),
         "nfe": {"per_batch": nfe, "mean": sum(nfe) / len(nfe), "total": sum(nfe)}, "solver_steps": steps,
         "seconds": round(seconds, 3), "seconds_per_image": seconds / len(bpd), "probe": probe, "rtol": rtol,
         "atol": atol, "method": method, "sigma_min": sigma_min, "sigma_max": sigma_max, "seed": seed,

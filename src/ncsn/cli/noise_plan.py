@@ -12,6 +12,7 @@ from ..data import read_array
 from ..io import write_text
 from ..noise_plan import noise_plan
 from ..sigmas import OVERLAP_TARGET
+from .option_groups import output_options
 from .options import POSITIVE, FiniteFloat, user_errors, write_json
 
 
@@ -25,19 +26,20 @@ from .options import POSITIVE, FiniteFloat, user_errors, write_json
                    "calibration), 0.5 is the paper's wording.")
 @click.option("--max-points", type=click.IntRange(min=2), default=10_000,
               help="Exact pairwise maximum up to this many images, else over a seeded subsample of this size.")
-@click.option("--seed", type=int, default=0, help="Seed of the subsample.")
+@output_options(batch_size=None)  # --seed: of the subsample
 @click.option("--write", "write_path", type=click.Path(dir_okay=False),
               help="Write the config with the plan applied (model ladder, sampling steps) to this YAML file.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the plan's numbers as JSON.")
 @user_errors
-def noise_plan_command(config_name, overrides, steps_each, sigma_min, target, max_points, seed, write_path, json_path):
+def noise_plan_command(config_name, overrides, steps_each, sigma_min, target, max_points, output, write_path,
+                       json_path):
     """Compute the NCSNv2 noise plan (sigma_1, L, eps) for the config's training images."""
     config = load_config(config_name, overrides)
     if not sigma_min < 1:
         raise click.BadParameter(f"must be below 1 for images in [0, 1], got {sigma_min}", param_hint="--sigma-min")
     images, _ = read_array(config.data, "train")  # memory-mapped where cached: the plan reads only its subsample
     plan = noise_plan(images, steps_each=steps_each, sigma_min=sigma_min, target=target, max_points=max_points,
-                      seed=seed)
+                      seed=output.seed)
     click.echo(f"{config.data.dataset} at {config.data.image_size}px\n{plan.describe()}")
     if json_path:
         write_json(json_path, plan.as_dict())

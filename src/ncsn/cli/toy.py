@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import click
 import numpy as np
@@ -16,21 +15,17 @@ import torch
 from .. import plots
 from .. import toy as toy_lib
 from ..io import save_npz
+from .option_groups import out_option, output_options
 from .options import POSITIVE, device_option, user_errors, write_json
 
 
 def common_options(default_out: str):
-    """--seed, --out and --device, shared by every toy command."""
+    """--seed and --out (as ``output``) and --device, shared by every toy command."""
 
     def decorate(func):
-        options = [
-            click.option("--seed", type=int, default=0, help="Seed of every random draw (same seed, same files)."),
-            click.option("--out", type=click.Path(file_okay=False), default=default_out, help="Output folder."),
-            device_option("cpu", help="Torch device: cpu, cuda, cuda:1 ..."),
-        ]
-        for option in reversed(options):
-            func = option(func)
-        return func
+        func = device_option("cpu", help="Torch device: cpu, cuda, cuda:1 ...")(func)
+        return output_options(out=out_option("folder", "Output folder.", required=False, default=default_out),
+                              batch_size=None)(func)
 
     return decorate
 
@@ -56,13 +51,14 @@ def toy() -> None:
 @click.option("--half-width", type=POSITIVE, default=8.0, help="Chains start uniform in [-w, w]^2.")
 @common_options("runs/toy-langevin")
 @user_errors
-def langevin(chains, steps, step_size, sigma_max, sigma_min, levels, steps_each, half_width, seed, out, device):
+def langevin(chains, steps, step_size, sigma_max, sigma_min, levels, steps_each, half_width, output, device):
     """Figure 3: plain versus annealed Langevin with exact scores on 0.2 N((-5,-5), I) + 0.8 N((5,5), I).
 
     Writes samples.npz (langevin, annealed, iid; each chains x 2), toy.json (share of samples nearest to each mode)
     and langevin.png. Plain Langevin keeps the chains in the basin they start in; annealed recovers the weights.
     """
     options = dict(click.get_current_context().params)
+    seed, out = output.seed, output.out
     start = time.perf_counter()
     mixture = toy_lib.PAPER_MIXTURE
     samples = toy_lib.langevin_experiment(
@@ -70,7 +66,6 @@ def langevin(chains, steps, step_size, sigma_max, sigma_min, levels, steps_each,
         sigma_min=sigma_min, num_scales=levels, n_steps_each=steps_each, seed=seed, device=device,
     )
     shares = {name: mixture.mode_shares(torch.from_numpy(points)) for name, points in samples.items()}
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_npz(out / "samples.npz", **samples)
     names = {"langevin": "Langevin dynamics", "annealed": "annealed Langevin", "iid": "i.i.d. samples"}
@@ -103,20 +98,20 @@ def langevin(chains, steps, step_size, sigma_max, sigma_min, levels, steps_each,
 @click.option("--half-width", type=POSITIVE, default=8.0, help="Evaluation grid over [-w, w]^2.")
 @common_options("runs/toy-scores")
 @user_errors
-def scores(steps, batch_size, lr, hidden, dsm_sigma, density_threshold, grid_size, half_width, seed, out, device):
+def scores(steps, batch_size, lr, hidden, dsm_sigma, density_threshold, grid_size, half_width, output, device):
     """Figure 2: score MLPs trained by sliced score matching and by DSM are wrong where the data density is low.
 
     Reports the mean of ||s_theta(x) - grad log p(x)||^2 over grid points with p(x) above the threshold and below
     it. Writes scores.json and scores.png (density, true scores, both estimates).
     """
     options = dict(click.get_current_context().params)
+    seed, out = output.seed, output.out
     start = time.perf_counter()
     mixture = toy_lib.PAPER_MIXTURE
     results = toy_lib.scores_experiment(
         mixture, n_steps=steps, batch_size=batch_size, lr=lr, hidden=hidden, dsm_sigma=dsm_sigma,
         half_width=half_width, grid_size=grid_size, density_threshold=density_threshold, seed=seed, device=device,
     )
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     arrows = toy_lib.grid_points(half_width, 20)
     with torch.no_grad():
@@ -156,20 +151,20 @@ def scores(steps, batch_size, lr, hidden, dsm_sigma, density_threshold, grid_siz
 )
 @common_options("runs/toy-manifold")
 @user_errors
-def manifold(steps, batch_size, lr, hidden, noise_std, pool, data_dir, seed, out, device):
+def manifold(steps, batch_size, lr, hidden, noise_std, pool, data_dir, output, device):
     """Figure 1: sliced score matching on raw images versus images + N(0, noise_std^2): the manifold problem.
 
     CPU-sized: a two-hidden-layer MLP, 3,000 steps and Fashion-MNIST pooled to 14x14 (or the 8x8 digits) instead of
     the paper's ResNet on CIFAR-10. Writes manifold.json (both curves and their summaries) and manifold.png.
     """
     options = dict(click.get_current_context().params)
+    seed, out = output.seed, output.out
     start = time.perf_counter()
     images, source = toy_lib.load_manifold_images(data_dir, pool)
     curves = toy_lib.manifold_experiment(
         images, noise_std=noise_std, n_steps=steps, batch_size=batch_size, lr=lr, hidden=hidden, seed=seed,
         device=device,
     )
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     side = math.isqrt(images.shape[1])
     name = f"{source} {side}x{side}" if side * side == images.shape[1] else source

@@ -17,7 +17,7 @@ import torch
 
 from ..schedules import check_schedule, karras_sigmas
 from .common import Counted, Generators, ScoreFn, check_noise_range, randn, report, require_any_sigma
-from .spec import Callback, SamplerSpec, check, option
+from .spec import Callback, SamplerSpec, check, field_problems, option
 
 
 def _check(s_churn: float, s_min: float, s_max: float, s_noise: float) -> None:
@@ -82,22 +82,18 @@ def heun_sampler(
 class HeunSettings:
     """``sampling.heun``: EDM's Algorithm 2 (18 steps, rho = 7; deterministic unless s_churn > 0)."""
 
-    n_steps: int = option(18, help="steps N of the rho-schedule (2N - 1 evaluations)")
-    rho: float = option(7.0, help="rho-schedule exponent")
-    s_churn: float = option(0.0, help="churn (0 = deterministic)")
-    s_min: float = option(0.0, help="lowest sigma churned")
-    s_max: float | None = option(None, help="highest sigma churned (none = no bound)")
-    s_noise: float = option(1.0, help="scale of the churn noise")
+    n_steps: int = option(18, min=1, help="steps N of the rho-schedule (2N - 1 evaluations)")
+    rho: float = option(7.0, min=0, min_open=True, help="rho-schedule exponent")
+    s_churn: float = option(0.0, min=0, help="churn (0 = deterministic)")
+    s_min: float = option(0.0, min=0, help="lowest sigma churned")
+    s_max: float | None = option(None, min=0, help="highest sigma churned (none = no bound)")
+    s_noise: float = option(1.0, min=0, min_open=True, help="scale of the churn noise")
 
     def problems(self) -> list[tuple[str, str]]:
-        found: list = []
-        check(found, self.n_steps >= 1, "n_steps", f"must be >= 1, got {self.n_steps}")
-        check(found, self.rho > 0, "rho", f"must be positive, got {self.rho}")
-        check(found, self.s_churn >= 0, "s_churn", f"must be >= 0, got {self.s_churn}")
-        check(found, self.s_min >= 0, "s_min", f"must be >= 0, got {self.s_min}")
-        check(found, self.s_max is None or self.s_max >= self.s_min, "s_max",
+        """(key, message) for every setting out of range."""
+        found = field_problems(self)
+        check(found, self.s_max is None or self.s_min is None or self.s_max >= self.s_min, "s_max",
               f"must be >= s_min ({self.s_min}) or none, got {self.s_max}")
-        check(found, self.s_noise > 0, "s_noise", f"must be positive, got {self.s_noise}")
         return found
 
 

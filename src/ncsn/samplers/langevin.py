@@ -15,7 +15,7 @@ import torch
 
 from ..schedules import check_schedule
 from .common import Counted, Generators, ScoreFn, check_noise_range, randn, report, tweedie
-from .spec import Callback, Constraint, SamplerSpec, check, option
+from .spec import Callback, Constraint, SamplerSpec, check, field_problems, option
 
 CONVENTIONS = ("code", "paper")
 
@@ -106,24 +106,20 @@ class AldSettings:
     """``sampling.ald``: annealed Langevin as NCSN samples (T = 100, eps = 2e-5, no final step; the v2 presets set
     T, eps and denoise as NCSNv2 does)."""
 
-    n_steps_each: int = option(100, flag="--steps-each", help="Langevin steps T per level")
-    step_lr: float = option(2e-5, help="step size eps (alpha_i = eps (sigma_i / sigma_L)^2)")
+    n_steps_each: int = option(100, flag="--steps-each", min=1, help="Langevin steps T per level")
+    step_lr: float = option(2e-5, min=0, min_open=True, help="step size eps (alpha_i = eps (sigma_i / sigma_L)^2)")
     denoise: bool = option(False, help="end with the Tweedie step x + sigma_L^2 s(x, sigma_L) (NCSNv2)")
     convention: str = option("code", choices=CONVENTIONS,
                              help="step form: code (x + a s + sqrt(2a) z) or paper (x + a/2 s + sqrt(a) z)")
-    s_noise: float = option(1.0, help="noise scale (temperature s_noise^2) on the levels in [s_min, s_max]")
-    s_min: float = option(0.0, help="lowest sigma s_noise applies to")
-    s_max: float | None = option(None, help="highest sigma s_noise applies to (none = no bound)")
+    s_noise: float = option(1.0, min=0, min_open=True,
+                            help="noise scale (temperature s_noise^2) on the levels in [s_min, s_max]")
+    s_min: float = option(0.0, min=0, help="lowest sigma s_noise applies to")
+    s_max: float | None = option(None, min=0, help="highest sigma s_noise applies to (none = no bound)")
 
     def problems(self) -> list[tuple[str, str]]:
-        found: list = []
-        check(found, self.n_steps_each >= 1, "n_steps_each", f"must be >= 1, got {self.n_steps_each}")
-        check(found, self.step_lr > 0, "step_lr", f"must be positive, got {self.step_lr}")
-        check(found, self.convention in CONVENTIONS, "convention",
-              f"must be one of {CONVENTIONS}, got {self.convention!r}")
-        check(found, self.s_noise > 0, "s_noise", f"must be positive, got {self.s_noise}")
-        check(found, self.s_min >= 0, "s_min", f"must be >= 0, got {self.s_min}")
-        check(found, self.s_max is None or self.s_max >= self.s_min, "s_max",
+        """(key, message) for every setting out of range."""
+        found = field_problems(self)
+        check(found, self.s_max is None or self.s_min is None or self.s_max >= self.s_min, "s_max",
               f"must be >= s_min ({self.s_min}) or none, got {self.s_max}")
         return found
 

@@ -17,7 +17,7 @@ import torch
 
 from ..schedules import check_schedule, ve_sde_sigmas
 from .common import Counted, Generators, ScoreFn, report, require_any_sigma, tweedie
-from .spec import Callback, SamplerSpec, check, option
+from .spec import Callback, SamplerSpec, field_problems, option
 
 METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")
 DEVICES_WITHOUT_FLOAT64 = frozenset({"mps"})
@@ -131,17 +131,14 @@ class ODESettings:
     """``sampling.ode``: the probability-flow ODE as Score-SDE solves it (RK45 at rtol = atol = 1e-5, then the
     Tweedie step); the likelihood uses the same solver settings."""
 
-    rtol: float = option(1e-5, help="relative tolerance of the adaptive solver")
-    atol: float = option(1e-5, help="absolute tolerance of the adaptive solver")
+    rtol: float = option(1e-5, min=0, min_open=True, help="relative tolerance of the adaptive solver")
+    atol: float = option(1e-5, min=0, min_open=True, help="absolute tolerance of the adaptive solver")
     method: str = option("dopri5", flag="--ode-method", choices=METHODS, help="torchdiffeq adaptive solver")
     denoise: bool = option(True, help="end with the Tweedie step at sigma_min")
 
     def problems(self) -> list[tuple[str, str]]:
-        found: list = []
-        check(found, self.rtol > 0, "rtol", f"must be positive, got {self.rtol}")
-        check(found, self.atol > 0, "atol", f"must be positive, got {self.atol}")
-        check(found, self.method in METHODS, "method", f"must be one of {METHODS}, got {self.method!r}")
-        return found
+        """(key, message) for every setting out of range."""
+        return field_problems(self)
 
 
 def _schedule(s: ODESettings, ladder: torch.Tensor, frames: bool = False) -> torch.Tensor:

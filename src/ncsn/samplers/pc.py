@@ -25,7 +25,7 @@ import torch
 from ..schedules import check_schedule, ve_sde_sigmas
 from .common import Counted, Generators, ScoreFn, per_example, randn, report, require_on_ladder
 from .langevin import langevin_update
-from .spec import Callback, Constraint, SamplerSpec, check, option
+from .spec import Callback, Constraint, SamplerSpec, check, field_problems, option
 
 PREDICTORS = ("reverse_diffusion", "euler_maruyama", "none")
 CORRECTORS = ("langevin", "ald", "none")
@@ -125,22 +125,18 @@ class PCSettings:
     """``sampling.pc``: Score-SDE's VE sampler (reverse diffusion + one Langevin corrector move, snr 0.16, ending on
     the last mean)."""
 
-    n_steps: int | None = option(None, help="levels N of the geometric VE grid (none = the model's own ladder)")
+    n_steps: int | None = option(None, min=1,
+                                 help="levels N of the geometric VE grid (none = the model's own ladder)")
     predictor: str = option("reverse_diffusion", choices=PREDICTORS, help="predictor")
     corrector: str = option("langevin", choices=CORRECTORS,
                             help="corrector: langevin (step 2(snr |z|/|s|)^2) or ald (step 2(snr sigma)^2)")
-    corrector_steps: int = option(1, help="corrector moves per level")
-    snr: float = option(0.16, help="corrector signal-to-noise ratio")
+    corrector_steps: int = option(1, min=0, help="corrector moves per level")
+    snr: float = option(0.16, min=0, min_open=True, help="corrector signal-to-noise ratio")
     denoise: bool = option(True, help="return the last move's noise-free mean (Score-SDE's noise_removal)")
 
     def problems(self) -> list[tuple[str, str]]:
-        found: list = []
-        check(found, self.n_steps is None or self.n_steps >= 1, "n_steps",
-              f"must be >= 1 (or none), got {self.n_steps}")
-        check(found, self.predictor in PREDICTORS, "predictor", f"must be one of {PREDICTORS}, got {self.predictor!r}")
-        check(found, self.corrector in CORRECTORS, "corrector", f"must be one of {CORRECTORS}, got {self.corrector!r}")
-        check(found, self.corrector_steps >= 0, "corrector_steps", f"must be >= 0, got {self.corrector_steps}")
-        check(found, self.snr > 0, "snr", f"must be positive, got {self.snr}")
+        """(key, message) for every setting out of range."""
+        found = field_problems(self)
         check(found, self.predictor != "none" or (self.corrector != "none" and self.corrector_steps > 0),
               "predictor", "pc needs a predictor or a corrector; both are off")
         return found

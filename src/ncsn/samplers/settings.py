@@ -238,9 +238,9 @@ def nest_flat_keys(sampling: Mapping) -> tuple[dict, list[str]]:
 
     The old layout held every sampler's settings flat in one object; each flat key goes to every section that reads
     it, so an old config or checkpoint samples exactly as before (``s_max: 0.11`` bounded ald's s_noise and heun's
-    churn alike, so both sections get it). A None that meant a sampler's default is left out for the sections that
-    have no None. Keys given in a section win over flat ones of the same mapping; unknown keys stay (and are
-    refused where the mapping is checked).
+    churn alike, so both sections get it). A None that meant "the sampler's default" (``LEGACY_NONE_IS_DEFAULT``)
+    becomes each section's default. Keys given in a section win over flat ones of the same mapping; unknown keys
+    stay (and are refused where the mapping is checked).
     """
     nested: dict = {}
     moved = []
@@ -250,10 +250,11 @@ def nest_flat_keys(sampling: Mapping) -> tuple[dict, list[str]]:
             continue
         moved.append(key)
         for name, target in targets:
-            default = SPECS[name].settings.__dataclass_fields__[target].default
-            if value is None and key in LEGACY_NONE_IS_DEFAULT and default is not None:
-                continue
-            nested.setdefault(name, {})[target] = value
+            if value is None and key in LEGACY_NONE_IS_DEFAULT:
+                value_here = SPECS[name].settings.__dataclass_fields__[target].default
+            else:
+                value_here = value
+            nested.setdefault(name, {})[target] = value_here
     out = {key: value for key, value in sampling.items() if key not in moved and key not in nested}
     for name, values in nested.items():
         given = sampling.get(name)

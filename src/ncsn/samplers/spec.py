@@ -13,6 +13,8 @@ made, ``sigma_next`` the noise level x is at after it (0 after a final denoising
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,17 +27,54 @@ NEEDS = ("any_sigma", "ladder")  # evaluates sigmas between a ladder's levels / 
 INITS = ("uniform", "prior")  # Uniform[0, 1] (NCSN's reference) or the VE prior N(0, sigma_max^2 I)
 
 
-def option(default=dataclasses.MISSING, *, help: str, flag: str | None = None, choices: tuple = (), **kwargs):
-    """A settings field with what a command line needs to offer it: its help line, its flag (default
-    ``--key-with-dashes``) and, for strings, the allowed values."""
-    metadata = {"help": help, "flag": flag, "choices": tuple(choices)}
-    return field(default=default, metadata=metadata, **kwargs)
+def option(default=dataclasses.MISSING, *, help: str, flag: str | None = None, choices: tuple = (),
+           min: float | None = None, min_open: bool = False):
+    """A settings field with its range and what a command line needs to offer it: its help line, its flag (default
+    ``--key-with-dashes``), for strings the allowed values, for numbers the lower bound ``min`` (excluded with
+    ``min_open``). ``field_problems`` checks the range; the command line checks it while parsing."""
+    metadata = {"help": help, "flag": flag, "choices": tuple(choices), "min": min, "min_open": min_open}
+    return field(default=default, metadata=metadata)
 
 
 def check(found: list, ok: bool, key: str, message: str) -> None:
     """Append (key, message) to ``found`` unless ``ok``: the settings classes' ``problems()`` are lists of these."""
     if not ok:
         found.append((key, message))
+
+
+def value_type(settings: type, key: str) -> tuple[type, bool]:
+    """(the value type, whether None is allowed) of a settings field, from its annotation (``float | None``)."""
+    hint = typing.get_type_hints(settings)[key]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0], True
+    return hint, False
+
+
+def range_problem(f: dataclasses.Field, value, optional: bool) -> str | None:
+    """Why ``value`` is out of the field's declared range (its ``option`` metadata), or None."""
+    if value is None:
+        return None if optional else "must be set"
+    either = " (or none)" if optional else ""
+    choices, low = f.metadata.get("choices"), f.metadata.get("min")
+    if choices and value not in choices:
+        return f"must be one of {choices}, got {value!r}"
+    if low is not None and not isinstance(value, bool) and isinstance(value, int | float):
+        if f.metadata.get("min_open") and not value > low:
+            return f"must be {'positive' if low == 0 else f'> {low:g}'}{either}, got {value}"
+        if not f.metadata.get("min_open") and not value >= low:
+            return f"must be >= {low:g}{either}, got {value}"
+    return None
+
+
+def field_problems(settings) -> list[tuple[str, str]]:
+    """(key, message) for every field of a settings object outside its declared range."""
+    found = []
+    for f in dataclasses.fields(settings):
+        message = range_problem(f, getattr(settings, f.name), value_type(type(settings), f.name)[1])
+        if message is not None:
+            found.append((f.name, message))
+    return found
 
 
 @dataclass(frozen=True)
