@@ -269,8 +269,8 @@ def test_a_score_that_reuses_its_output_buffer_gives_the_same_result_and_is_not_
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"eta": -0.1}, "eta must be finite and >= 0"),
-    ({"eta": math.inf}, "eta must be finite and >= 0"),
+    ({"eta": -0.1}, "eta must be >= 0, got -0.1"),
+    ({"eta": math.inf}, "eta must be finite, got inf"),
     ({"s_noise": 0.0}, "s_noise must be positive"),
     ({"solver_type": "rk4"}, "solver_type must be one of"),
 ])
@@ -327,7 +327,8 @@ def test_run_sampler_is_the_function_on_the_rho_schedule_of_the_ladder_at_the_pa
 @pytest.mark.parametrize("name, keys, message", [
     ("dpmpp_2m", {"n_steps": 0}, "sampling.dpmpp_2m.n_steps: must be >= 1, got 0"),
     ("dpmpp_2m", {"rho": -1.0}, "sampling.dpmpp_2m.rho: must be positive, got -1.0"),
-    ("dpmpp_2m_sde", {"eta": -0.5}, "sampling.dpmpp_2m_sde.eta: must be finite and >= 0, got -0.5"),
+    ("dpmpp_2m_sde", {"eta": -0.5}, "sampling.dpmpp_2m_sde.eta: must be >= 0, got -0.5"),
+    ("dpmpp_2m_sde", {"eta": math.inf}, "sampling.dpmpp_2m_sde.eta: must be finite, got inf"),
     ("dpmpp_2m_sde", {"s_noise": 0.0}, "sampling.dpmpp_2m_sde.s_noise: must be positive, got 0.0"),
     ("dpmpp_2m_sde", {"solver_type": "euler"},
      "sampling.dpmpp_2m_sde.solver_type: must be one of ('midpoint', 'heun'), got 'euler'"),

@@ -26,24 +26,16 @@ import torch
 
 from ..schedules import check_schedule, karras_sigmas
 from .common import Counted, Generators, ScoreFn, randn, report, require_any_sigma
-from .spec import Callback, SamplerSpec, check, option
+from .spec import Callback, SamplerSpec, check, field_problems, option
 
 SOLVER_TYPES = ("midpoint", "heun")
 DEFAULT_STEPS = 20  # the DPM-Solver++ paper samples well in 15 to 20 steps
 
 
-def sde_problems(eta: float, s_noise: float, solver_type: str) -> list[tuple[str, str]]:
-    """(key, message) for eta (finite, >= 0), s_noise (positive) and solver_type (SOLVER_TYPES) out of range."""
-    found: list = []
-    check(found, math.isfinite(eta) and eta >= 0, "eta", f"must be finite and >= 0, got {eta}")
-    check(found, math.isfinite(s_noise) and s_noise > 0, "s_noise", f"must be positive, got {s_noise}")
-    check(found, solver_type in SOLVER_TYPES, "solver_type", f"must be one of {SOLVER_TYPES}, got {solver_type!r}")
-    return found
-
-
 def check_sde_settings(eta: float, s_noise: float, solver_type: str) -> None:
-    """The first of ``sde_problems`` as a ValueError ('eta must be finite and >= 0, got -1')."""
-    for key, message in sde_problems(eta, s_noise, solver_type)[:1]:
+    """The range checks of ``Dpmpp2mSdeSettings`` on these values, the first failure a ValueError ('eta must be
+    >= 0, got -1')."""
+    for key, message in Dpmpp2mSdeSettings(eta=eta, s_noise=s_noise, solver_type=solver_type).problems()[:1]:
         raise ValueError(f"{key} {message}")
 
 
@@ -124,27 +116,29 @@ def dpmpp_2m_sde_sampler(
 class Dpmpp2mSettings:
     """``sampling.dpmpp_2m``: DPM-Solver++(2M) on EDM's rho-schedule (N steps, N evaluations, the last a denoise)."""
 
-    n_steps: int = option(DEFAULT_STEPS, help="steps N of the rho-schedule (N evaluations)")
-    rho: float = option(7.0, help="rho-schedule exponent")
+    n_steps: int = option(DEFAULT_STEPS, min=1, help="steps N of the rho-schedule (N evaluations)")
+    rho: float = option(7.0, min=0, min_open=True, help="rho-schedule exponent")
 
     def problems(self) -> list[tuple[str, str]]:
-        found: list = []
-        check(found, self.n_steps >= 1, "n_steps", f"must be >= 1, got {self.n_steps}")
-        check(found, self.rho > 0, "rho", f"must be positive, got {self.rho}")
-        return found
+        """(key, message) for every setting out of range."""
+        return field_problems(self)
 
 
 @dataclass
 class Dpmpp2mSdeSettings(Dpmpp2mSettings):
     """``sampling.dpmpp_2m_sde``: DPM-Solver++(2M) SDE, k-diffusion's defaults (eta = 1: the reverse SDE; midpoint)."""
 
-    eta: float = option(1.0, help="noise level of the steps (0 = the ODE, 1 = the reverse SDE)")
-    s_noise: float = option(1.0, help="scale of the noise added at every step")
+    eta: float = option(1.0, min=0, help="noise level of the steps (0 = the ODE, 1 = the reverse SDE)")
+    s_noise: float = option(1.0, min=0, min_open=True, help="scale of the noise added at every step")
     solver_type: str = option("midpoint", choices=SOLVER_TYPES,
                               help="second-order term: midpoint (the paper's) or heun (the exact integral)")
 
     def problems(self) -> list[tuple[str, str]]:
-        return super().problems() + sde_problems(self.eta, self.s_noise, self.solver_type)
+        """(key, message) for every setting out of range (eta also finite: e^{-eta h} of an infinite eta is 0)."""
+        found = field_problems(self)
+        check(found, not isinstance(self.eta, int | float) or math.isfinite(self.eta), "eta",
+              f"must be finite, got {self.eta}")
+        return found
 
 
 def _schedule(s: Dpmpp2mSettings, ladder: torch.Tensor, frames: bool = False) -> torch.Tensor:
