@@ -247,11 +247,12 @@ def _sample_without_a_shared_filesystem(rank, world, port, root, source):
     from ncsn import distributed
     from ncsn.checkpoint import load_score_model
     from ncsn.cli.sample import resolved_sampling, sample_to_folder
+    from ncsn.cli.sampler_options import SamplerChoice
 
     torch.set_num_threads(1)  # as the reference below: thread counts may change float32 summation order
     info = distributed.setup("cpu")
     model, config, meta = load_score_model(source)
-    config = resolved_sampling(config, None, 2, None, 4)
+    config = resolved_sampling(config, SamplerChoice(given=(("--steps-each", "n_steps_each", 2),)), 4)
     sample_to_folder(model, config, meta, 10, 5, f"{root}/rank{rank}", info, runtime=None)
     assert distributed.broadcast_from_main(f"best of rank {rank}") == "best of rank 0"  # what --sweep sends
     distributed.cleanup()

@@ -137,12 +137,16 @@ def test_train_receives_the_runtime_options_as_a_value(monkeypatch, tmp_path):
 
 
 def test_resolved_sampling_leaves_the_loaded_config_as_it_is():
-    config = load_config("digits")
-    before = (config.sampling.n_steps_each, config.sampling.step_lr, config.sampling.batch_size,
-              config.sampling.denoise)
-    resolved = resolved_sampling(config, True, 7, 1e-4, 3)
-    assert (resolved.sampling.n_steps_each, resolved.sampling.step_lr, resolved.sampling.batch_size,
-            resolved.sampling.denoise) == (7, 1e-4, 3, True)
-    assert (config.sampling.n_steps_each, config.sampling.step_lr, config.sampling.batch_size,
-            config.sampling.denoise) == before
+    from ncsn.cli.sampler_options import SamplerChoice
+
+    config = load_config("digits", ["sampling.ald.denoise=false"])
+    before = (config.sampling.ald.n_steps_each, config.sampling.ald.step_lr, config.sampling.batch_size,
+              config.sampling.ald.denoise)
+    choice = SamplerChoice(given=(("--denoise", "denoise", True), ("--steps-each", "n_steps_each", 7),
+                                  ("--step-lr", "step_lr", 1e-4)))
+    resolved = resolved_sampling(config, choice, 3)
+    assert (resolved.sampling.ald.n_steps_each, resolved.sampling.ald.step_lr, resolved.sampling.batch_size,
+            resolved.sampling.ald.denoise) == (7, 1e-4, 3, True)
+    assert (config.sampling.ald.n_steps_each, config.sampling.ald.step_lr, config.sampling.batch_size,
+            config.sampling.ald.denoise) == before
     assert resolved.model is config.model and resolved.data is config.data

@@ -78,7 +78,7 @@ def test_samplers_that_leave_the_ladder_refuse_a_v1_model_in_one_line(v1, tmp_pa
     (["--snr", 0], "Invalid value for '--snr': 0.0 is not in the range x>0"),
     (["--rtol", -1e-5], "Invalid value for '--rtol'"),
     (["--rho", 0], "Invalid value for '--rho'"),
-    (["--s-min", 2, "--s-max", 1], "Error: sampling.s_max: must be >= s_min (2.0) or null, got 1.0"),
+    (["--sampler", "ald", "--s-min", 2, "--s-max", 1], "Error: --s-max: must be >= s_min (2.0) or none, got 1.0"),
 ])
 def test_bad_sampler_options_are_one_clear_line(v1, tmp_path, args, message):
     result = run("sample", "--workdir", v1, "--device", "cpu", "--out", tmp_path, "--n", 2, *args)
@@ -180,8 +180,8 @@ def test_likelihood_and_inpaint_read_only_the_images_they_use(v1, v2, tmp_path, 
     result = run("likelihood", "--workdir", v2, "--device", "cpu", "--n", 2, "--rtol", 1e-2, "--atol", 1e-2)
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["n"] == 2
-    result = run("inpaint", "--workdir", v1, "--device", "cpu", "--steps-each", 1, "--n-images", 3, "--n-per-image", 1,
-                 "--out", tmp_path)
+    result = run("inpaint", "--workdir", v1, "--device", "cpu", "--sampler", "ald", "--steps-each", 1, "--n-images", 3,
+                 "--n-per-image", 1, "--out", tmp_path)
     assert result.exit_code == 0, result.output
     assert loaded == [2, 3]
 

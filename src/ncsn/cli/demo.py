@@ -15,7 +15,8 @@ from ..config import load_config
 from ..training import train
 from .option_groups import n_option, output_options, run_folder_option, runtime_options
 from .options import device_option, user_errors, write_json
-from .sample import sample_to_folder
+from .sample import resolved_sampling, sample_to_folder
+from .sampler_options import sampler_options
 
 
 @click.command("demo")
@@ -24,8 +25,9 @@ from .sample import sample_to_folder
 @device_option()
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a digits config field.")
 @runtime_options
+@sampler_options
 @user_errors
-def demo_command(workdir, output, device, overrides, runtime):
+def demo_command(workdir, output, device, overrides, runtime, sampler):
     """Train the `digits` config (a few minutes on two CPU cores), sample digits and score them with a classifier."""
     from ..demo import demo_report, format_report
 
@@ -40,6 +42,7 @@ def demo_command(workdir, output, device, overrides, runtime):
     train_seconds = time.perf_counter() - start
     dist_info = distributed.setup(device)
     model, config, info = load_score_model(workdir, device=dist_info.device)
+    config = resolved_sampling(config, sampler, None)
     summary = sample_to_folder(model, config, info, n, seed, workdir / "samples_final", dist_info, progression=True,
                                runtime=runtime)
     samples = np.load(workdir / "samples_final" / "samples.npz")["samples"]

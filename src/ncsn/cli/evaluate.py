@@ -70,7 +70,7 @@ def _sweep(workdir, n, seed, folder, dist_info, load, evaluate, runtime) -> Path
 @click.option("--sweep", is_flag=True, help="First pick the checkpoint of --workdir with the lowest FID on --sweep-n.")
 @click.option("--sweep-n", type=click.IntRange(min=2), default=1000, help="Samples per checkpoint in the sweep.")
 @user_errors
-def eval_command(source, denoise, steps_each, step_lr, device, runtime, output, metrics, samples_file,
+def eval_command(source, device, runtime, sampler, output, metrics, samples_file,
                  inception_weights, loss_images, nn_k, sweep, sweep_n):
     """Sample N images (sharded under torchrun) and measure them against the dataset's training split."""
     n, seed, out = output.n, output.seed, output.out
@@ -83,7 +83,7 @@ def eval_command(source, denoise, steps_each, step_lr, device, runtime, output, 
 
     def load(path):
         model, config, info = load_score_model(path, device=dist_info.device, **source.load_kwargs())
-        return model, resolved_sampling(config, denoise, steps_each, step_lr, output.batch_size), info
+        return model, resolved_sampling(config, sampler, output.batch_size), info
 
     model, config, info = load(source.path)
     wanted = parse_metrics(metrics, config.data.dataset)

@@ -19,7 +19,7 @@ from ..images import auto_scale, grid_image, masked_view
 from ..io import save_image, save_npz
 from ..inpainting import MASK_NAMES, inpaint, make_mask, parse_mask_spec, quality
 from ..runtime import RuntimeOptions, score_function
-from ..samplers import callback_count, check_fits, used_settings
+from ..samplers import SPECS, callback_count, check_fits, denoise_for, sampler_spec, used_settings
 from .option_groups import out_option, output_options
 from .options import user_errors, write_json
 from .sample import nfe_summary, resolved_sampling, sampling_options
@@ -109,20 +109,21 @@ def complete(model, originals: torch.Tensor, known: torch.Tensor, m: int, settin
               help="Redraw the noisy known pixels at every step (v2 code) instead of once per level (paper).")
 @output_options(out=out_option("folder", "Output folder."))
 @user_errors
-def inpaint_command(source, denoise, steps_each, step_lr, device, runtime, mask_spec, images_source, n_images,
-                    n_per_image, redraw, output):
+def inpaint_command(source, device, runtime, sampler, mask_spec, images_source, n_images, n_per_image, redraw,
+                    output):
     """Inpaint under a mask with the ald or pc sampler: inpainting.npz (original, mask, samples), grid.png and
     inpainting.json with figures, the sampler, its settings and the NFE."""
     seed, out = output.seed, output.out
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, config, info = load_score_model(source.path, device=device, **source.load_kwargs())
-    config = resolved_sampling(config, denoise, steps_each, step_lr, output.batch_size)
+    config = resolved_sampling(config, sampler, output.batch_size)
     settings = config.sampling
     size = config.data.image_size
     known = make_mask(mask_spec, size, size, seed=seed)
     originals = original_images(images_source, config, n_images).float() / 255.0
-    if settings.sampler not in ("ald", "pc"):
-        raise InputError(f"--sampler {settings.sampler}: inpainting works with the ald and pc samplers")
+    if not sampler_spec(settings).inpainting:
+        takers = " and ".join(name for name, spec in SPECS.items() if spec.inpainting)
+        raise InputError(f"--sampler {settings.sampler}: inpainting works with the {takers} samplers")
     note_untrained_ladder(config)
     start = time.perf_counter()
     nfe: list[int] = []
@@ -144,8 +145,8 @@ def inpaint_command(source, denoise, steps_each, step_lr, device, runtime, mask_
     report = {
         "mask": mask_spec, "images": images_source, "n_images": n_images, "n_per_image": n_per_image, "seed": seed,
         "redraw_every_step": redraw, "weights": info["weights"], "step": info.get("step"),
-        "n_steps_each": s.n_steps_each, "step_lr": s.step_lr, "denoise": s.denoise, "convention": s.convention,
-        "batch_size": s.batch_size, "sampler": s.sampler, "sampler_settings": used_settings(s), **nfe_summary(nfe),
+        **used_settings(s), "denoise": denoise_for(s), "batch_size": s.batch_size, "sampler_settings": used_settings(s),
+        **nfe_summary(nfe),
         "seconds": seconds, **figures,
     }
     write_json(out / "inpainting.json", report)

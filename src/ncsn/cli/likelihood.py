@@ -19,7 +19,8 @@ from ..samplers.common import require_any_sigma
 from ..errors import InputError
 from ..io import write_text
 from .option_groups import BATCH_SIZE, SEED, model_source_options, n_option, out_option, output_options
-from .options import POSITIVE, device_option, finite, user_errors
+from .options import device_option, finite, user_errors
+from .sampler_options import settings_options
 
 
 def likelihood_images(source: str, config, limit: int | None = None) -> torch.Tensor:
@@ -53,15 +54,14 @@ def interval(values: torch.Tensor) -> dict:
 @click.option("--images", "images_source", default="test", metavar="test|train|FILE.npz",
               help="Images: the model dataset's test or train split, or an .npz of uint8 N x H x W x C images.")
 @click.option("--probe", type=click.Choice(PROBES), default="rademacher", help="Hutchinson trace probes.")
-@click.option("--rtol", type=POSITIVE, default=1e-5, help="ODE relative tolerance (Score-SDE's value).")
-@click.option("--atol", type=POSITIVE, default=1e-5, help="ODE absolute tolerance.")
+@settings_options("ode", ("rtol", "atol", "method"))
 @device_option()
 @output_options(n=n_option(None, "Number of images [default: all of them]."), batch_size=BATCH_SIZE, seed=SEED,
                 out=out_option("file", "Also write the JSON report here.", required=False))
 @user_errors
-def likelihood_command(source, images_source, probe, rtol, atol, device, output):
+def likelihood_command(source, images_source, probe, ode, device, output):
     """Bits/dim under the probability-flow ODE (uniform dequantisation, 8-bit offset) of a sigma-scaled model; the
-    seed draws the dequantisation and the probes."""
+    seed draws the dequantisation and the probes. The solver's settings default to the config's sampling.ode."""
     n, batch_size, seed, out = output.n, output.batch_size, output.seed, output.out
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, config, info = load_score_model(source.path, device=device, **source.load_kwargs())
@@ -73,7 +73,8 @@ def likelihood_command(source, images_source, probe, rtol, atol, device, output)
     size = batch_size or config.sampling.batch_size
     shape = (config.model.in_channels, config.data.image_size, config.data.image_size)
     sigma_min, sigma_max = float(model.sigmas[-1]), float(model.sigmas[0])
-    method = config.sampling.ode_method
+    solver = ode.section(config.sampling)
+    rtol, atol, method = solver.rtol, solver.atol, solver.method
     start = time.perf_counter()
     values, nfe, steps = [], [], []
     for b in range(math.ceil(len(images) / size)):

@@ -46,7 +46,8 @@ def noise_plan_command(config_name, overrides, steps_each, sigma_min, target, ma
     if write_path:
         values = to_dict(config)
         for section, keys in plan.config_overrides().items():
-            values[section].update(keys)
+            for key, value in keys.items():  # sampling.ald: into the section, its other keys kept
+                values[section][key] = {**values[section][key], **value} if isinstance(value, dict) else value
         write_text(Path(write_path), yaml.safe_dump(values, sort_keys=False))
         load_config(write_path)  # the written file is a valid config
         click.echo(f"wrote {write_path}")

@@ -4,6 +4,7 @@ section and ``sample_to_folder``."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from pathlib import Path
 
@@ -21,40 +22,26 @@ from ..io import save_npz
 from ..runtime import RuntimeOptions, resolve
 from ..samplers import denoise_for, used_settings
 from .option_groups import model_source_options, n_option, out_option, output_options, runtime_options
-from .options import POSITIVE, device_option, user_errors, write_json
-from .sampler_options import apply_sampler_options, note_untrained_ladder, sampler_options
+from .options import device_option, user_errors, write_json
+from .sampler_options import SamplerChoice, note_untrained_ladder, sampler_options
 
 
 def sampling_options(func):
     """Options shared by every command that runs the sampler (besides its ``output_options``): where the model comes
-    from, the ald chain, the device, the runtime and the sampler; unset ones fall back to the run's config."""
-    options = [
-        model_source_options,
-        click.option("--denoise/--no-denoise", default=None,
-                     help="End noise-free: ald/ode add the Tweedie step, pc returns its last mean [default: config, "
-                          "else off for ald, on for pc and ode]."),
-        click.option("--steps-each", type=click.IntRange(min=1), help="Langevin steps per level [default: config]."),
-        click.option("--step-lr", type=POSITIVE, help="Step size eps [default: config]."),
-        device_option(),
-        runtime_options,
-        sampler_options,
-    ]
+    from, the device, the runtime and the sampler with its settings (``sampler: SamplerChoice``); unset ones fall
+    back to the run's config."""
+    options = [model_source_options, device_option(), runtime_options, sampler_options]
     for option in reversed(options):
         func = option(func)
     return func
 
 
-def resolved_sampling(config, denoise, steps_each, step_lr, batch_size):
-    """A copy of ``config`` whose sampling section has the command's options applied (and validated); the loaded
-    config itself is left as it is."""
-    s = copy.copy(config.sampling)
-    apply_sampler_options(s)
-    s.denoise = denoise_for(s) if denoise is None else denoise  # unset: the sampler's paper default
-    s.n_steps_each = steps_each or s.n_steps_each
-    s.step_lr = step_lr or s.step_lr
-    s.batch_size = batch_size or s.batch_size
+def resolved_sampling(config, sampler: SamplerChoice, batch_size: int | None):
+    """A copy of ``config`` with a new sampling section: the command's sampler options applied (and validated) and
+    its batch size; the loaded config itself is left as it is."""
+    sampling = sampler.apply(config.sampling)
     resolved = copy.copy(config)
-    resolved.sampling = s
+    resolved.sampling = dataclasses.replace(sampling, batch_size=batch_size or sampling.batch_size)
     return resolved
 
 
@@ -109,8 +96,7 @@ def sample_to_folder(model, config, info, n, seed, out, dist_info, progression=F
     s = config.sampling
     summary = {
         "n": n, "seed": seed, "per_example_seeds": per_example, "weights": info["weights"], "step": info.get("step"),
-        "n_steps_each": s.n_steps_each, "step_lr": s.step_lr, "denoise": denoise_for(s), "convention": s.convention,
-        "batch_size": s.batch_size, "seconds": seconds, "processes": dist_info.world_size, "compile": runtime.compile,
+        **used_settings(s), "denoise": denoise_for(s), "batch_size": s.batch_size, "seconds": seconds, "processes": dist_info.world_size, "compile": runtime.compile,
         "precision": runtime.precision, "channels_last": runtime.channels_last, "sampler": s.sampler,
         "sampler_settings": used_settings(s), **nfe_summary(nfe),
     }
@@ -129,12 +115,12 @@ def sample_to_folder(model, config, info, n, seed, out, dist_info, progression=F
 @click.option("--per-example-seeds", is_flag=True,
               help="Seed every chain from (seed, index), so the samples do not depend on --batch-size.")
 @user_errors
-def sample_command(source, denoise, steps_each, step_lr, device, runtime, output, progression, per_example_seeds):
+def sample_command(source, device, runtime, sampler, output, progression, per_example_seeds):
     """Draw samples (--sampler ald|pc|ode|heun): samples.npz (uint8 NxHxWxC), grid.png, sample_config.json (sampler,
     settings, NFE), optional progression."""
     dist_info = distributed.setup(device)
     model, config, info = load_score_model(source.path, device=dist_info.device, **source.load_kwargs())
-    config = resolved_sampling(config, denoise, steps_each, step_lr, output.batch_size)
+    config = resolved_sampling(config, sampler, output.batch_size)
     summary = sample_to_folder(model, config, info, output.n, output.seed, output.out, dist_info, progression,
                                runtime=runtime, per_example=per_example_seeds)
     if dist_info.is_main:

@@ -149,8 +149,11 @@ def check_fits(score_fn, s, ladder: torch.Tensor) -> None:
     if spec.needs == "any_sigma":
         require_any_sigma(score_fn, f"the {spec.name} sampler")
     else:
-        sigmas = spec.schedule(getattr(s, s.sampler), ladder, False)
-        require_on_ladder(score_fn, sigmas, f"{spec.name} with {len(sigmas)} levels")
+        section = getattr(s, s.sampler)
+        changed = [f"{f.name}={getattr(section, f.name)}" for f in dataclasses.fields(section)
+                   if getattr(section, f.name) != f.default]
+        what = f"{spec.name} with {', '.join(changed[:3])}" if changed else f"{spec.name} at its defaults"
+        require_on_ladder(score_fn, spec.schedule(section, ladder, False), what)
 
 
 def expected_nfe(s, ladder: torch.Tensor) -> int | None:

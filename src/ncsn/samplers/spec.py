@@ -54,7 +54,7 @@ def value_type(settings: type, key: str) -> tuple[type, bool]:
 def range_problem(f: dataclasses.Field, value, optional: bool) -> str | None:
     """Why ``value`` is out of the field's declared range (its ``option`` metadata), or None."""
     if value is None:
-        return None if optional else "must be set"
+        return None if optional else "must be a value, not none"
     either = " (or none)" if optional else ""
     choices, low = f.metadata.get("choices"), f.metadata.get("min")
     if choices and value not in choices:
