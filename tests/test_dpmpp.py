@@ -2,6 +2,7 @@
 flow and law of Gaussian data N(mu, s^2), and the rules every sampler keeps (NFE, float32, seeds, sigma > 0, the
 score's output left alone)."""
 
+import json
 import math
 
 import numpy as np
@@ -12,10 +13,10 @@ from ncsn import SigmaOffLadderError, karras_sigmas
 from ncsn.config import FlatSamplingWarning, from_dict, load_config, to_dict
 from ncsn.errors import InputError
 from ncsn.samplers import (SPECS, Counted, SamplerSettings, callback_count, check_fits, expected_nfe, run_sampler,
-                           schedule, used_settings, validate)
+                           schedule, settings_from, used_settings, validate)
 from ncsn.samplers.dpmpp import Dpmpp2mSdeSettings, Dpmpp2mSettings, dpmpp_2m_sampler, dpmpp_2m_sde_sampler
 
-from .conftest import gaussian_score
+from .conftest import gaussian_score, run, train_tiny
 
 MU, S = 0.4, 0.2
 SMAX, SMIN = 10.0, 0.01
@@ -377,19 +378,23 @@ TINY = ["model.ngf=4", "model.num_scales=10", "training.n_iters=2", "training.ba
         "training.eval_every=100", "sampling.batch_size=4"]
 
 
-def test_a_trained_model_samples_with_both_end_to_end(tmp_path, unconditional_arch):
-    """Training draws its grid with dpmpp_2m_sde (3 steps) from the config's section; the saved run samples with
-    either through ``generate``, NFE per batch as the spec says, seeded."""
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, unconditional_arch):
+    """A tiny sigma-scaled network trained by `ncsn train`, its training grid drawn by dpmpp_2m_sde (3 steps)."""
+    workdir = tmp_path_factory.mktemp("dpmpp")
+    train_tiny(workdir, [*TINY, f"model.arch={unconditional_arch}", "sampling.sampler=dpmpp_2m_sde",
+                         "sampling.dpmpp_2m_sde.n_steps=3", "sampling.dpmpp_2m.n_steps=4"])
+    return workdir
+
+
+def test_a_trained_model_samples_with_both_through_generate(trained):
+    """The saved run keeps the sections; ``generate`` spends the spec's NFE per batch and one frame per step,
+    seeded."""
     from ncsn.checkpoint import load_score_model
     from ncsn.generate import generate
-    from ncsn.samplers import settings_from
-    from ncsn.training import train
 
-    config = load_config("digits", [*TINY, f"model.arch={unconditional_arch}", "sampling.sampler=dpmpp_2m_sde",
-                                    "sampling.dpmpp_2m_sde.n_steps=3", "sampling.dpmpp_2m.n_steps=4"])
-    train(config, tmp_path, device="cpu", progress=False)
-    assert (tmp_path / "samples" / "step_00000002.png").is_file()
-    model, loaded, _ = load_score_model(tmp_path)
+    assert (trained / "samples" / "step_00000002.png").is_file()
+    model, loaded, _ = load_score_model(trained)
     assert loaded.sampling.sampler == "dpmpp_2m_sde" and loaded.sampling.dpmpp_2m.n_steps == 4
     for name, steps in (("dpmpp_2m", 4), ("dpmpp_2m_sde", 3)):
         settings, info = settings_from(loaded.sampling, sampler=name), {}
@@ -400,3 +405,39 @@ def test_a_trained_model_samples_with_both_end_to_end(tmp_path, unconditional_ar
         _, again, _ = generate(model, model.sigmas, 5, (1, 8, 8), settings, seed=3, batch_size=2)
         _, other, _ = generate(model, model.sigmas, 5, (1, 8, 8), settings, seed=4, batch_size=2)
         assert torch.equal(again, images) and not torch.equal(other, images)
+
+
+def cli_sample(workdir, out, *args):
+    result = run("sample", "--workdir", workdir, "--device", "cpu", "--out", out, "--n", 4, "--batch-size", 2, *args)
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "sample_config.json").read_text()), np.load(out / "samples.npz")["samples"]
+
+
+def test_ncsn_sample_runs_both_with_their_options(trained, tmp_path):
+    meta, _ = cli_sample(trained, tmp_path / "2m", "--sampler", "dpmpp_2m")
+    assert meta["sampler"] == "dpmpp_2m" and meta["nfe"] == 4 and meta["nfe_total"] == 2 * 4
+    assert meta["sampler_settings"] == {"sampler": "dpmpp_2m", "n_steps": 4, "rho": 7.0, "init": "auto"}
+    meta, _ = cli_sample(trained, tmp_path / "2m5", "--sampler", "dpmpp_2m", "--n-steps", 5, "--rho", 3)
+    assert meta["nfe"] == 5 and meta["sampler_settings"]["rho"] == 3.0
+    sde = ["--sampler", "dpmpp_2m_sde", "--n-steps", 2, "--eta", 0.5, "--s-noise", 1.1, "--solver-type", "heun"]
+    meta, samples = cli_sample(trained, tmp_path / "sde", *sde)
+    assert samples.shape == (4, 8, 8, 1) and meta["nfe"] == 2 and meta["sampler_settings"] == {
+        "sampler": "dpmpp_2m_sde", "n_steps": 2, "rho": 7.0, "eta": 0.5, "s_noise": 1.1, "solver_type": "heun",
+        "init": "auto"}
+    _, again = cli_sample(trained, tmp_path / "again", *sde)
+    _, other = cli_sample(trained, tmp_path / "other", *sde, "--seed", 1)
+    assert np.array_equal(again, samples) and not np.array_equal(other, samples)
+    meta, _ = cli_sample(trained, tmp_path / "config", "--n-steps", 2)  # the config's sampler: dpmpp_2m_sde, eta 1
+    assert meta["sampler"] == "dpmpp_2m_sde" and meta["sampler_settings"]["eta"] == 1.0 and meta["nfe"] == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sampler", "dpmpp_2m", "--eta", 0.5], "Error: --eta is an option of the dpmpp_2m_sde sampler, not dpmpp_2m"),
+    (["--sampler", "dpmpp_2m_sde", "--solver-type", "rk4"], "Invalid value for '--solver-type'"),
+    (["--sampler", "dpmpp_2m_sde", "--eta", -1], "Invalid value for '--eta'"),
+    (["--sampler", "dpmpp_2m_sde", "--s-churn", 1], "Error: --s-churn is an option of the heun sampler"),
+], ids=["eta-on-2m", "solver-type", "negative-eta", "churn"])
+def test_bad_options_are_one_line(trained, tmp_path, args, message):
+    result = run("sample", "--workdir", trained, "--device", "cpu", "--out", tmp_path, "--n", 2, *args)
+    assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "samples.npz").exists()
