@@ -3,7 +3,7 @@ here; the config's ``sampling.<name>`` section and the command line's options fo
 
 from __future__ import annotations
 
-from . import heun, langevin, ode, pc
+from . import dpmpp, heun, langevin, ode, pc
 from .spec import SamplerSpec
 
 SPECS: dict[str, SamplerSpec] = {
@@ -11,4 +11,6 @@ SPECS: dict[str, SamplerSpec] = {
     "pc": pc.SPEC,
     "ode": ode.SPEC,
     "heun": heun.SPEC,
+    "dpmpp_2m": dpmpp.SPEC_2M,
+    "dpmpp_2m_sde": dpmpp.SPEC_2M_SDE,
 }
