@@ -9,7 +9,7 @@ import socket
 import pytest
 import torch
 
-from ncsn.checkpoint import load_score_model
+from ncsn.model_loading import load_score_model
 from ncsn.config import load_config
 
 TINY = ["model.arch=ncsnpp", "model.scale_by_sigma=true", "model.ngf=8", "model.ncsnpp.ch_mult=[1,2]",

@@ -111,7 +111,7 @@ def trained(tmp_path_factory, unconditional_arch):
 def test_a_trained_model_samples_with_both_through_generate(trained):
     """The saved run keeps the sections; ``generate`` spends the spec's NFE per batch and one frame per step,
     seeded."""
-    from ncsn.checkpoint import load_score_model
+    from ncsn.model_loading import load_score_model
     from ncsn.generate import generate
 
     assert (trained / "samples" / "step_00000002.png").is_file()

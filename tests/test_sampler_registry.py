@@ -161,7 +161,8 @@ def test_a_flat_override_maps_the_same_way():
 
 def test_an_old_checkpoint_loads_once_and_samples_as_before(tmp_path):
     from ncsn import build_score_model
-    from ncsn.checkpoint import SNAPSHOT_FORMAT, atomic_save, load_score_model
+    from ncsn.checkpoint import SNAPSHOT_FORMAT, atomic_save
+    from ncsn.model_loading import load_score_model
     from ncsn.generate import batch_generator, generate
 
     values = old_config(n_steps_each=2)
