@@ -38,6 +38,7 @@ from ncsn.sigmas import SigmaOffLadderError, ncsnv2_step_lr
 MIN_SAMPLES = 1000
 GOAL_NFE = 100
 REFERENCE_NFE = 1000
+PLANNED = ("ald", "pc", "heun", "ode", "dpmpp_2m", "dpmpp_2m_sde")  # the samplers plan() has budgets for
 
 
 def floats(text: str) -> list[float]:
@@ -57,7 +58,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of every run (batch b uses (seed, b))")
     p.add_argument("--batch-size", type=int, default=None, help="chains per batch [default: the config's]")
     p.add_argument("--device", default=None, help="cpu, cuda ... [default: cuda if available]")
-    p.add_argument("--samplers", default=",".join(SAMPLERS), help="which samplers to run")
+    p.add_argument("--samplers", default=",".join(s for s in SAMPLERS if s in PLANNED), help="which samplers to run")
     p.add_argument("--ald-steps", type=ints, default=ints("1,2,5,10,100"), help="ald: steps per level T")
     p.add_argument("--ald-planned-eps", action="store_true",
                    help="ald: the step size of NCSNv2's technique 4 for each T on the model's ladder (an 'ald planned "
@@ -70,6 +71,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--heun-churn", type=floats, default=floats("0"),
                    help="heun: S_churn values (0 deterministic; > 0 a separate 'heun churn' line)")
     p.add_argument("--ode-tols", type=floats, default=floats("1e-1,1e-2,1e-3,1e-4,1e-5"), help="ode: rtol = atol")
+    p.add_argument("--dpmpp-steps", type=ints, default=ints("10,15,20,30"),
+                   help="dpmpp_2m and dpmpp_2m_sde: steps N (N evaluations)")
     p.add_argument("--no-denoise", dest="denoise", action="store_false", help="do not end noise-free")
     args = p.parse_args(argv)
     if (args.workdir is None) == (args.merge is None):
@@ -79,6 +82,9 @@ def parse(argv=None) -> argparse.Namespace:
     unknown = set(args.samplers.split(",")) - set(SAMPLERS)
     if unknown:
         p.error(f"--samplers: unknown {sorted(unknown)}; choose from {','.join(SAMPLERS)}")
+    unplanned = set(args.samplers.split(",")) - set(PLANNED)
+    if unplanned:
+        p.error(f"--samplers: no budgets planned for {sorted(unplanned)} in this script; choose from {','.join(PLANNED)}")
     return args
 
 
@@ -118,13 +124,14 @@ def plan(args, model, sampling) -> tuple[list[tuple[str, object, object]], list[
                 for c in steps:
                     runs.append(("pc", f"N={n},c={c}", variant(
                         "pc", n_steps=n, corrector="none" if c == 0 else "langevin", corrector_steps=c)))
-    for name, budgets, key in (("heun", args.heun_steps, "n_steps"), ("ode", args.ode_tols, "rtol")):
+    for name, budgets, key in (("heun", args.heun_steps, "n_steps"), ("ode", args.ode_tols, "rtol"),
+                               ("dpmpp_2m", args.dpmpp_steps, "n_steps"), ("dpmpp_2m_sde", args.dpmpp_steps, "n_steps")):
         if name not in wanted:
             continue
-        variants = [(name, {})] if name == "ode" else [
+        variants = [(name, {})] if name != "heun" else [
             ("heun" if c == 0 else f"heun churn {c:g}", {"s_churn": c}) for c in args.heun_churn]
         settings = [(label, b, variant(name, **extra, **(
-            {key: b} if name == "heun" else {"rtol": b, "atol": b}))) for label, extra in variants for b in budgets]
+            {key: b} if key == "n_steps" else {"rtol": b, "atol": b}))) for label, extra in variants for b in budgets]
         try:
             check_fits(model, settings[0][2], model.sigmas)
         except SigmaOffLadderError as err:

@@ -73,7 +73,7 @@ def test_quality_per_nfe_on_a_v1_model_skips_what_it_cannot_run(bench, tmp_path)
     assert json.loads(out.with_suffix(".json").read_text()) == json.loads(json.dumps(result))
     assert [(r["sampler"], r["budget"], r["nfe"]) for r in result["runs"]] == [
         ("ald", 1, LEVELS + 1), ("pc", f"N={LEVELS},c=0", LEVELS)]  # ald's final denoising is one more
-    assert {s["sampler"] for s in result["skipped"]} == {"pc", "heun", "ode"}
+    assert {s["sampler"] for s in result["skipped"]} == {"pc", "heun", "ode", "dpmpp_2m", "dpmpp_2m_sde"}
     assert all(r["cfid"] > 0 and 1 <= r["cscore"] <= 10 and r["seconds"] > 0 for r in result["runs"])
     assert result["n"] == 1000 and result["goal"]["reference"] is None and not result["goal"]["reached"]
     assert Image.open(out.with_suffix(".png")).size[0] > 500
@@ -85,14 +85,15 @@ def test_quality_per_nfe_runs_heun_and_ode_on_a_sigma_scaled_model(bench, tmp_pa
     train_tiny(workdir, [*TINY, f"model.arch={unconditional_arch}"])
     out = tmp_path / "v2"
     result = bench(["--workdir", str(workdir), "--out", str(out), "--device", "cpu", "--batch-size", "1000",
-                    "--samplers", "pc,heun,ode", "--pc-steps", "3", "--heun-steps", "2,3", "--ode-tols", "0.1",
-                    "--heun-churn", "0,40"])
+                    "--samplers", "pc,heun,ode,dpmpp_2m,dpmpp_2m_sde", "--pc-steps", "3", "--heun-steps", "2,3",
+                    "--ode-tols", "0.1", "--heun-churn", "0,40", "--dpmpp-steps", "2,4"])
     nfe = {(r["sampler"], r["budget"]): r["nfe"] for r in result["runs"]}
     assert nfe[("pc", "N=3,c=1")] == 6 and nfe[("heun", 2)] == 3 and nfe[("heun", 3)] == 5
     churned = [r for r in result["runs"] if r["sampler"] == "heun churn 40"]
     assert [(r["budget"], r["nfe"], r["settings"]["s_churn"]) for r in churned] == [(2, 3, 40.0), (3, 5, 40.0)]
     assert {r["settings"]["s_churn"] for r in result["runs"] if r["sampler"] == "heun"} == {0.0}
     assert nfe[("ode", 0.1)] >= 8 and result["skipped"] == []
+    assert [nfe[(name, n)] for name in ("dpmpp_2m", "dpmpp_2m_sde") for n in (2, 4)] == [2, 4, 2, 4]
     assert result["goal"]["best_at_most_100_nfe"]["nfe"] <= 100
 
 
