@@ -147,7 +147,7 @@ def measure(model, config, settings, args, device) -> dict:
     sync(device)
     start = time.perf_counter()
     _, images, _ = generate(model, model.sigmas, args.n, shape, settings, seed=args.seed, device=device,
-                            batch_size=args.batch_size, info=spent)
+                            batch_size=args.batch_size or config.sampling.batch_size, info=spent)
     sync(device)
     seconds = time.perf_counter() - start
     samples = hwc_to_nchw(to_uint8_hwc(images))

@@ -84,7 +84,7 @@ def test_quality_per_nfe_runs_heun_and_ode_on_a_sigma_scaled_model(bench, tmp_pa
     workdir = tmp_path / "v2"
     train_tiny(workdir, [*TINY, f"model.arch={unconditional_arch}"])
     out = tmp_path / "v2"
-    result = bench(["--workdir", str(workdir), "--out", str(out), "--device", "cpu", "--batch-size", "1000",
+    result = bench(["--workdir", str(workdir), "--out", str(out), "--device", "cpu",  # the config's batch size
                     "--samplers", "pc,heun,ode,dpmpp_2m,dpmpp_2m_sde", "--pc-steps", "3", "--heun-steps", "2,3",
                     "--ode-tols", "0.1", "--heun-churn", "0,40", "--dpmpp-steps", "2,4"])
     nfe = {(r["sampler"], r["budget"]): r["nfe"] for r in result["runs"]}

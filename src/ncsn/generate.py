@@ -12,6 +12,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
+from .errors import InputError
 from .runtime import RuntimeOptions, score_function
 from .samplers import callback_count, check_fits, frame_steps, initial_state, per_example_generators, run_sampler
 
@@ -49,7 +50,9 @@ def generate(
         score_fn = score_function(score_fn, runtime, device)
     sigmas = sigmas.to(device)
     check_fits(score_fn, settings, sigmas)
-    batch_size = batch_size or settings.batch_size
+    batch_size = batch_size or getattr(settings, "batch_size", None)
+    if not batch_size:
+        raise InputError("generate: give batch_size (sampler settings without a config's sampling section carry none)")
     n_batches = math.ceil(n / batch_size)
     mine = list(range(rank, n_batches, world_size))
     per_batch = callback_count(settings, sigmas)
