@@ -161,30 +161,14 @@ def _run_2m_sde(score_fn, x, *, sigmas, settings: Dpmpp2mSdeSettings, generator=
 # was ald's temperature, its n_steps pc's levels or heun's steps), so both start at their defaults.
 _NOT_FROM_FLAT = {"n_steps": "", "rho": "", "s_noise": ""}
 
-SPEC_2M = SamplerSpec(
-    name="dpmpp_2m",
-    summary="DPM-Solver++(2M): second-order multistep ODE solver, one evaluation per step (rho-schedule)",
-    settings=Dpmpp2mSettings,
-    run=_run_2m,
-    schedule=_schedule,
-    expected_nfe=lambda s, ladder: s.n_steps,
-    callback_count=lambda s, ladder: s.n_steps,
-    needs="any_sigma",
-    inpainting=False,
-    init="prior",
-    legacy=_NOT_FROM_FLAT,
-)
+def _spec(name: str, summary: str, settings: type, run) -> SamplerSpec:
+    """Both samplers' spec: the rho-schedule, one evaluation (and one callback) per step, any sigma, the prior."""
+    return SamplerSpec(name=name, summary=summary, settings=settings, run=run, schedule=_schedule,
+                       expected_nfe=lambda s, ladder: s.n_steps, callback_count=lambda s, ladder: s.n_steps,
+                       needs="any_sigma", inpainting=False, init="prior", legacy=_NOT_FROM_FLAT)
 
-SPEC_2M_SDE = SamplerSpec(
-    name="dpmpp_2m_sde",
-    summary="DPM-Solver++(2M) SDE: the multistep solver with fresh noise at every step, one evaluation per step",
-    settings=Dpmpp2mSdeSettings,
-    run=_run_2m_sde,
-    schedule=_schedule,
-    expected_nfe=lambda s, ladder: s.n_steps,
-    callback_count=lambda s, ladder: s.n_steps,
-    needs="any_sigma",
-    inpainting=False,
-    init="prior",
-    legacy=_NOT_FROM_FLAT,
-)
+
+SPEC_2M = _spec("dpmpp_2m", "DPM-Solver++(2M): second-order multistep ODE solver, one evaluation per step "
+                "(rho-schedule)", Dpmpp2mSettings, _run_2m)
+SPEC_2M_SDE = _spec("dpmpp_2m_sde", "DPM-Solver++(2M) SDE: the multistep solver with fresh noise at every step, one "
+                    "evaluation per step", Dpmpp2mSdeSettings, _run_2m_sde)
