@@ -38,6 +38,9 @@ from ncsn.sigmas import SigmaOffLadderError, ncsnv2_step_lr
 MIN_SAMPLES = 1000
 GOAL_NFE = 100
 REFERENCE_NFE = 1000
+# EDM's churn over every sigma at unit noise: a run folder's own s_min/s_max/s_noise (an old flat config maps ald's
+# temperature range onto heun too) would make a 'heun churn' line a different sampler from one model to the next
+PLAIN_CHURN = {"s_min": 0.0, "s_max": None, "s_noise": 1.0}
 PLANNED = ("ald", "pc", "heun", "ode", "dpmpp_2m", "dpmpp_2m_sde")  # the samplers plan() has budgets for
 
 
@@ -129,7 +132,8 @@ def plan(args, model, sampling) -> tuple[list[tuple[str, object, object]], list[
         if name not in wanted:
             continue
         variants = [(name, {})] if name != "heun" else [
-            ("heun" if c == 0 else f"heun churn {c:g}", {"s_churn": c}) for c in args.heun_churn]
+            ("heun" if c == 0 else f"heun churn {c:g}", {"s_churn": c, **({} if c == 0 else PLAIN_CHURN)})
+            for c in args.heun_churn]
         settings = [(label, b, variant(name, **extra, **(
             {key: b} if key == "n_steps" else {"rtol": b, "atol": b}))) for label, extra in variants for b in budgets]
         try:

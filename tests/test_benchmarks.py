@@ -92,6 +92,8 @@ def test_quality_per_nfe_runs_heun_and_ode_on_a_sigma_scaled_model(bench, tmp_pa
     churned = [r for r in result["runs"] if r["sampler"] == "heun churn 40"]
     assert [(r["budget"], r["nfe"], r["settings"]["s_churn"]) for r in churned] == [(2, 3, 40.0), (3, 5, 40.0)]
     assert {r["settings"]["s_churn"] for r in result["runs"] if r["sampler"] == "heun"} == {0.0}
+    assert all((r["settings"]["s_min"], r["settings"]["s_max"], r["settings"]["s_noise"]) == (0.0, None, 1.0)
+               for r in churned)  # EDM's churn over every sigma, whatever the run folder's heun section says
     assert nfe[("ode", 0.1)] >= 8 and result["skipped"] == []
     assert [nfe[(name, n)] for name in ("dpmpp_2m", "dpmpp_2m_sde") for n in (2, 4)] == [2, 4, 2, 4]
     assert result["goal"]["best_at_most_100_nfe"]["nfe"] <= 100
