@@ -8,7 +8,6 @@ global batch.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +21,13 @@ from . import checkpoint as ckpt
 from . import distributed, runfolder
 from .config import ConfigError, RunConfig
 from .data import load_split, prepare_batch, training_images
-from .errors import NcsnError, storage_errors
+from .errors import NcsnError
 from .generate import generate
 from .images import save_grid
 from .losses import Objective, dsm_loss, objective_for
 from .lr_schedule import set_lr
-from .io import write_text
-from .resume import _config_on_disk, _record_resume, _resolve_config, _start, truncate_metrics
+from .metrics_log import MetricsLog
+from .resume import _config_on_disk, _record_resume, _resolve_config, _start
 from .runfolder import RunFolderError  # noqa: F401 (raised by the setup; importers catch it from here)
 from .run_record import settle_run
 from .runtime import RuntimeOptions, autocast, autotunes, cudnn_benchmark, prepare_model, resolve
@@ -156,43 +155,6 @@ def train_step(net, model, optimizer, x, sigma, noise, objective: Objective, t, 
     if ema is not None:
         update_ema(ema, model, t.ema_rate if t.ema_warmup else None)
     return loss.detach()
-
-
-class MetricsLog:
-    """metrics.jsonl on the main process (optionally mirrored to TensorBoard); truncated to the resumed step."""
-
-    def __init__(self, workdir: Path, enabled: bool, resume_step: int, tensorboard: bool):
-        self.path, self.enabled, self.writer = workdir / "metrics.jsonl", enabled, None
-        if not enabled:
-            return
-        if resume_step:
-            truncate_metrics(self.path, resume_step)  # atomic; a torn last line is dropped with a warning
-        else:
-            write_text(self.path, "")
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(workdir / "tensorboard"))
-            except ImportError:
-                self.writer = None
-
-    def write(self, row: dict) -> None:
-        if not self.enabled:
-            return
-        with storage_errors(self.path), self.path.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
-        if self.writer is not None:
-            for key, value in row.items():
-                if isinstance(value, float):
-                    self.writer.add_scalar(key, value, row["step"])
-                elif isinstance(value, list):
-                    for i, v in enumerate(value):
-                        self.writer.add_scalar(f"{key}/{i}", v, row["step"])
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 @torch.no_grad()

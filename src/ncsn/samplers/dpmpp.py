@@ -157,15 +157,11 @@ def _run_2m_sde(score_fn, x, *, sigmas, settings: Dpmpp2mSdeSettings, generator=
     return dpmpp_2m_sde_sampler(score_fn, x, sigmas, s.eta, s.s_noise, s.solver_type, generator, callback, info)
 
 
-# Neither sampler existed in the flat layout of old configs: no flat key of theirs maps here (an old preset's s_noise
-# was ald's temperature, its n_steps pc's levels or heun's steps), so both start at their defaults.
-_NOT_FROM_FLAT = {"n_steps": "", "rho": "", "s_noise": ""}
-
 def _spec(name: str, summary: str, settings: type, run) -> SamplerSpec:
     """Both samplers' spec: the rho-schedule, one evaluation (and one callback) per step, any sigma, the prior."""
     return SamplerSpec(name=name, summary=summary, settings=settings, run=run, schedule=_schedule,
                        expected_nfe=lambda s, ladder: s.n_steps, callback_count=lambda s, ladder: s.n_steps,
-                       needs="any_sigma", inpainting=False, init="prior", legacy=_NOT_FROM_FLAT)
+                       needs="any_sigma", inpainting=False, init="prior")
 
 
 SPEC_2M = _spec("dpmpp_2m", "DPM-Solver++(2M): second-order multistep ODE solver, one evaluation per step "

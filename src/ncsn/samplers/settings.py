@@ -226,10 +226,16 @@ def settings_from(values, sampler: str | None = None, init: str | None = None, *
 LEGACY_NONE_IS_DEFAULT = ("denoise", "n_steps")
 
 
+# The samplers of the old single settings object: only their sections can receive its flat keys (a sampler added
+# later, with the sections, never had any: an old preset's s_noise was ald's temperature, not a new sampler's).
+FLAT_LAYOUT_SAMPLERS = ("ald", "pc", "ode", "heun")
+
+
 def legacy_targets(key: str) -> list[tuple[str, str]]:
     """(sampler, field) for every section that reads the flat key ``key`` (under its own name or a spec's rename)."""
     found = []
-    for name, spec in SPECS.items():
+    for name in FLAT_LAYOUT_SAMPLERS:
+        spec = SPECS[name]
         target = spec.legacy.get(key, key)
         if target in spec.keys():
             found.append((name, target))
