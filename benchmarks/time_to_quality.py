@@ -11,9 +11,11 @@ trains in its own process (`ncsn train`, OMP_NUM_THREADS = --threads), the recip
 2. each budget B is trained in three stages stopped by ``training.time_budget_s`` (B/4, B/4, B/2 of wall time in the
    training loop; process start and data loading are not counted), each resuming the last, so the checkpoints at
    1/4, 1/2 and the whole budget are snapshots of one run (a resumed run repeats an uninterrupted one bit for bit);
-3. every snapshot draws --n samples with the recipe's fast sampler (<= 100 NFE) and with annealed Langevin, scored
-   by the project's classifier metrics against the real splits (FID to the training split; the real test split's
-   figures are the floor).
+3. every snapshot draws --n samples with the recipe's fast sampler (<= 100 NFE); the whole-budget snapshot also
+   with its deterministic sampler (Heun without churn, where the network is sigma-continuous) and with annealed
+   Langevin. The project's classifier metrics score them against the real splits (FID to the training split; the
+   real test split's figures are the floor), and the median distance to the nearest training digit beside the real
+   held-out digits' tells copying from generalising.
 
 Writes OUT.json (every snapshot and sampler: step, NFE, seconds, figures; the calibration; the launch order),
 OUT.png (classifier FID against training minutes, log y: one line per recipe through its whole-budget runs with its
@@ -50,6 +52,12 @@ NEVER = 10**9  # no held-out loss, checkpoint or grid inside a timed stage: only
 # 69 NFE, the best <= 100 on the digits NCSNv2 model
 HEUN_CHURN = ["sampling.sampler=heun", "sampling.heun.n_steps=35", "sampling.heun.s_churn=10.0",
               "sampling.heun.s_min=0.0", "sampling.heun.s_max=null", "sampling.heun.s_noise=1.0"]
+# 15 NFE: DPM-Solver++(2M) SDE, within 0.2 FID of the best <= 100 NFE on the digits NCSN++ model (README)
+DPMPP_SDE = ["sampling.sampler=dpmpp_2m_sde", "sampling.dpmpp_2m_sde.n_steps=15"]
+# 35 NFE: Heun on the probability-flow ODE (EDM's deterministic sampler), 18 steps
+HEUN_ODE = ["sampling.sampler=heun", "sampling.heun.n_steps=18", "sampling.heun.s_churn=0.0"]
+SAMPLERS = ("fast", "det", "ald")
+EVERY_SNAPSHOT = ("fast",)  # the others score the whole-budget snapshot only
 
 
 @dataclass
@@ -68,11 +76,11 @@ RECIPES = {
     "digits": Recipe("digits", [], {"fast": ["sampling.ald.n_steps_each=8"], "ald": []}),
     # NCSNv2 (unconditional, s = f(x)/sigma) on its noise plan (17 levels 4.81 -> 0.05, T = 5), the digits optimiser
     "digits_v2": Recipe("digits", ["model.arch=ncsnv2", "model.scale_by_sigma=true"],
-                        {"fast": HEUN_CHURN, "ald": []}, plan=True),
+                        {"fast": HEUN_CHURN, "det": HEUN_ODE, "ald": []}, plan=True),
     # a small NCSN++ with Score-SDE's continuous VE loss, and the same with EDM's preconditioning and objective
-    "digits_ncsnpp": Recipe("digits_ncsnpp", [], {"fast": [], "ald": ["sampling.sampler=ald"]}),
+    "digits_ncsnpp": Recipe("digits_ncsnpp", [], {"fast": DPMPP_SDE, "det": HEUN_ODE, "ald": ["sampling.sampler=ald"]}),
     "digits_ncsnpp_edm": Recipe("digits_ncsnpp", ["training.objective=edm", "model.preconditioning=edm"],
-                                {"fast": [], "ald": ["sampling.sampler=ald"]}),
+                                {"fast": DPMPP_SDE, "det": HEUN_ODE, "ald": ["sampling.sampler=ald"]}),
 }
 
 
@@ -90,7 +98,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", default="auto", help="--precision of every training process")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="KEY=VALUE for every recipe")
     p.add_argument("--sample-set", action="append", default=[], help="sampling KEY=VALUE for every sampler")
-    p.add_argument("--samplers", default="fast,ald", help="which of each recipe's samplers score the snapshots")
+    p.add_argument("--samplers", default=",".join(SAMPLERS),
+                   help=f"which of each recipe's samplers score the snapshots ({', '.join(SAMPLERS)}); "
+                        f"only {', '.join(EVERY_SNAPSHOT)} at every snapshot, the others at the whole budget")
     p.add_argument("--calibration-steps", type=int, default=CALIBRATION_STEPS,
                    help="steps timed per recipe to size n_iters; 0 keeps each recipe's n_iters")
     p.add_argument("--workdir", default="runs/time_to_quality", help="folder for the run folders (must be new)")
@@ -104,8 +114,8 @@ def parse(argv=None) -> argparse.Namespace:
         p.error("--budgets must be positive minutes; --threads and --n >= 1; --calibration-steps >= 0")
     args.recipes = names
     args.samplers = [s for s in args.samplers.split(",") if s]
-    if not args.samplers or set(args.samplers) - {"fast", "ald"}:
-        p.error(f"--samplers: choose from fast, ald; got {args.samplers}")
+    if not args.samplers or set(args.samplers) - set(SAMPLERS):
+        p.error(f"--samplers: choose from {', '.join(SAMPLERS)}; got {args.samplers}")
     return args
 
 
@@ -175,8 +185,9 @@ def train_stages(recipes: dict, sets: dict, budget: float, calibration: dict, ar
     return snapshots
 
 
-def score(checkpoint: Path, sampling: list[str], args) -> dict:
-    """--n samples of a snapshot with one sampler, and their classifier FID and score."""
+def score(checkpoint: Path, sampling: list[str], args, out_dir: Path) -> dict:
+    """--n samples of a snapshot with one sampler: their classifier FID and score, and the median L2 distance to
+    the nearest training image beside the real held-out images' (its PNG goes to ``out_dir``)."""
     model, config, _ = load_score_model(checkpoint, device="cpu")
     config = from_dict(to_dict(config), [*sampling, *args.sample_set])
     shape = (config.model.in_channels, config.data.image_size, config.data.image_size)
@@ -184,12 +195,15 @@ def score(checkpoint: Path, sampling: list[str], args) -> dict:
     start = time.perf_counter()
     _, images, _ = generate(model, model.sigmas, args.n, shape, config.sampling, seed=args.seed, info=spent)
     seconds = time.perf_counter() - start
-    figures = evaluate_samples(hwc_to_nchw(to_uint8_hwc(images)), ["cfid", "cscore"], config.data,
-                               seed=args.seed)["metrics"]
+    figures = evaluate_samples(hwc_to_nchw(to_uint8_hwc(images)), ["cfid", "cscore", "nn"], config.data,
+                               seed=args.seed, out_dir=out_dir)["metrics"]
+    nn = figures["nn"]
     nfe = spent["nfe_per_batch"]
     return {"settings": used_settings(config.sampling), "nfe": sum(nfe) / len(nfe), "sample_seconds": round(seconds, 2),
             "cfid": figures["cfid"]["samples"], "cscore": figures["cscore"]["samples"],
-            "real": {"cfid_test": figures["cfid"]["real_test"], "cscore_test": figures["cscore"]["real_test"]}}
+            "nn_median": nn["samples_nearest"]["median"], "nn_p_closer": nn["closeness"]["p_samples_closer"],
+            "real": {"cfid_test": figures["cfid"]["real_test"], "cscore_test": figures["cscore"]["real_test"],
+                     "nn_median_test": nn["real_test_nearest"]["median"]}}
 
 
 def series(rows: list[dict]) -> dict[str, dict]:
@@ -217,7 +231,7 @@ def plot(rows: list[dict], real: dict, path: Path, title: str) -> None:
     colours = {}
     for label, s in series(rows).items():
         colour = colours.setdefault(s["recipe"], f"C{len(colours)}")
-        style = "--" if s["sampler"] == "ald" else "-"
+        style = {"ald": "--", "det": ":"}.get(s["sampler"], "-")
         ax.plot(*zip(*s["line"]), style, marker="o", color=colour, label=label)
         if s["snapshots"]:
             ax.plot(*zip(*s["snapshots"]), linestyle="none", marker="o", mfc="none", color=colour)
@@ -235,17 +249,19 @@ def plot(rows: list[dict], real: dict, path: Path, title: str) -> None:
 
 
 def table(rows: list[dict], budgets: list[float], real: dict) -> str:
-    """Classifier FID / score (steps) of each recipe and sampler at the whole of each budget."""
+    """Classifier FID / score / nearest-training median (steps) of each recipe and sampler at the whole of each
+    budget."""
     head = "| recipe | sampler | NFE | " + " | ".join(f"{b:g} min" for b in budgets) + " |"
     lines = [head, "|" + " --- |" * (3 + len(budgets))]
     for label, s in series(rows).items():
         whole = {r["budget_min"]: r for r in rows if r["fraction"] == 1.0
                  and f"{r['recipe']} ({r['sampler']}, {r['nfe']:g} NFE)" == label}
-        cells = [f"{whole[b]['cfid']:.2f} / {whole[b]['cscore']:.2f} ({whole[b]['step']:,} steps)" if b in whole
-                 else "" for b in budgets]
+        cells = [f"{whole[b]['cfid']:.2f} / {whole[b]['cscore']:.2f} / {whole[b]['nn_median']:.3f} "
+                 f"({whole[b]['step']:,} steps)" if b in whole else "" for b in budgets]
         nfe = next(iter(whole.values()))["nfe"] if whole else ""
         lines.append(f"| {s['recipe']} | {s['sampler']} | {nfe:g} | " + " | ".join(cells) + " |")
-    lines.append(f"| real test split | | | {real['cfid_test']:.2f} / {real['cscore_test']:.2f} |"
+    lines.append(f"| real test split | | | {real['cfid_test']:.2f} / {real['cscore_test']:.2f} / "
+                 f"{real['nn_median_test']:.3f} |"
                  + " |" * (len(budgets) - 1))
     return "\n".join(lines)
 
@@ -270,9 +286,10 @@ def main(argv=None) -> dict:
         snapshots = train_stages(recipes, sets, budget, calibration, args, root, order)
         for (name, fraction), snap in snapshots.items():
             for label, sampling in recipes[name].samplers.items():
-                if label not in args.samplers:
+                if label not in args.samplers or (fraction < 1.0 and label not in EVERY_SNAPSHOT):
                     continue
-                found = score(snap["checkpoint"], sampling, args)
+                found = score(snap["checkpoint"], sampling, args,
+                              root / "scores" / f"{name}_{budget:g}min_{fraction:g}_{label}")
                 real = found.pop("real")
                 rows.append({"recipe": name, "budget_min": budget, "fraction": fraction, "minutes": fraction * budget,
                              "step": snap["step"], "n_iters": snap["n_iters"], "sampler": label, **found})

@@ -219,7 +219,8 @@ def test_merge_combines_split_runs_of_one_model_and_refuses_different_models(ben
 
 def test_time_to_quality_races_recipes_in_timed_stages_and_reports_fid_per_minute(bench, tmp_path, monkeypatch):
     """Two recipes at a 1.2-second budget: calibrated, trained alternating in stages stopped by training.time_budget_s
-    (resumed), every snapshot scored with both samplers; the JSON, the plotted series, the PNG and the table agree."""
+    (resumed), every snapshot scored with the fast sampler and the whole budget's with the others too; the JSON, the
+    plotted series, the PNG and the table agree."""
     import time_to_quality as race
 
     from .conftest import run
@@ -236,8 +237,9 @@ def test_time_to_quality_races_recipes_in_timed_stages_and_reports_fid_per_minut
     result = race.main(["--budgets", "0.02", "--recipes", "digits,digits_ncsnpp", "--threads", "1", "--n", "16",
                         "--calibration-steps", "2", "--precision", "fp32", "--set=model.ngf=4",
                         "--set=training.batch_size=16", "--set=sampling.batch_size=16",
-                        "--set=sampling.n_steps_each=1", "--set=sampling.n_steps=2",  # the training grids too
-                        "--sample-set=sampling.n_steps_each=1", "--sample-set=sampling.n_steps=2",
+                        "--set=sampling.ald.n_steps_each=1", "--set=sampling.heun.n_steps=2",  # the training grids
+                        "--sample-set=sampling.ald.n_steps_each=1", "--sample-set=sampling.heun.n_steps=2",
+                        "--sample-set=sampling.dpmpp_2m_sde.n_steps=2",
                         "--workdir", str(tmp_path / "runs"), "--out", str(out)])
     assert json.loads(out.with_suffix(".json").read_text()) == json.loads(json.dumps(result))
     assert {threads for _, threads in calls} == {1}
@@ -250,10 +252,12 @@ def test_time_to_quality_races_recipes_in_timed_stages_and_reports_fid_per_minut
                      if a.startswith("--set=training.time_budget_s"))
     assert budgets == pytest.approx([0.3, 0.3, 0.3, 0.3, 0.6, 0.6][:len(budgets)])
     assert ["--resume" in argv for argv in stages] == [False, False] + [True] * (len(stages) - 2)
-    nfe = {("digits", "fast"): 12 + 1, ("digits", "ald"): 12 + 1, ("digits_ncsnpp", "fast"): 3,
-           ("digits_ncsnpp", "ald"): 12 + 1}  # T = 1 per level and the denoising step; heun at 2 steps
-    rows = result["runs"]
-    assert len(rows) == 2 * 3 * 2
+    nfe = {("digits", "fast"): 12 + 1, ("digits", "ald"): 12 + 1, ("digits_ncsnpp", "fast"): 2,
+           ("digits_ncsnpp", "det"): 3, ("digits_ncsnpp", "ald"): 12 + 1}  # T = 1 per level and the denoising step;
+    rows = result["runs"]                                                   # DPM-Solver++ and heun at 2 steps
+    assert len(rows) == (3 + 1) + (3 + 1 + 1)
+    assert {(r["recipe"], r["sampler"]) for r in rows if r["fraction"] < 1} == {("digits", "fast"),
+                                                                                ("digits_ncsnpp", "fast")}
     for name in names:
         cal = result["calibration"][name]
         n_iters = max(1, int(0.02 * 60 * cal["steps_per_s"]))
@@ -265,16 +269,19 @@ def test_time_to_quality_races_recipes_in_timed_stages_and_reports_fid_per_minut
         assert whole["step"] == mine[-1]["step"]
         for r in mine:
             assert r["nfe"] == nfe[name, r["sampler"]] and r["cfid"] > 0 and 1 <= r["cscore"] <= 10
+            assert r["nn_median"] > 0 and 0 <= r["nn_p_closer"] <= 1
             assert r["minutes"] == pytest.approx(0.02 * r["fraction"])
     lines = race.series(rows)
-    assert len(lines) == 4
+    assert len(lines) == 5
     for line in lines.values():
-        assert [m for m, _ in line["line"]] == [0.02] and [m for m, _ in line["snapshots"]] == [0.005, 0.01]
+        snapshots = [0.005, 0.01] if line["sampler"] == "fast" else []
+        assert [m for m, _ in line["line"]] == [0.02] and [m for m, _ in line["snapshots"]] == snapshots
         assert {f for _, f in line["line"] + line["snapshots"]} == {
             r["cfid"] for r in rows if r["recipe"] == line["recipe"] and r["sampler"] == line["sampler"]}
     assert Image.open(out.with_suffix(".png")).size == (840, 540)
     table = out.with_suffix(".md").read_text().splitlines()
-    assert len(table) == 2 + 4 + 1 and table[-1].startswith("| real test split |")
+    assert len(table) == 2 + 5 + 1 and table[-1].startswith("| real test split |")
+    assert result["real"]["nn_median_test"] > 0
     with pytest.raises(SystemExit, match="not empty"):
         race.main(["--budgets", "1", "--workdir", str(tmp_path / "runs"), "--out", str(out)])
 
@@ -295,6 +302,7 @@ def test_time_to_quality_recipes_are_valid_and_their_fast_samplers_stay_within_1
             ladder = geometric_sigmas(c.model.sigma_max, c.model.sigma_min, c.model.num_scales)
             nfe = expected_nfe(settings_from(c.sampling), ladder)
             assert (c.sampling.sampler == "ald") == (label == "ald" or name == "digits"), (name, label)
+            assert (label == "det") == (c.sampling.sampler == "heun" and c.sampling.heun.s_churn == 0), (name, label)
             assert label == "ald" or nfe <= 100, (name, label, nfe)
         if name == "digits_v2":
             assert (c.model.arch, c.model.num_scales, c.model.sigma_min) == ("ncsnv2", 17, 0.05)
@@ -309,7 +317,7 @@ def test_time_to_quality_refuses_bad_options(bench, capsys):
     args = race.parse(["--budgets", "1,2", "--samplers", "fast", "--recipes", "digits_ncsnpp", "--out", "x"])
     assert (args.budgets, args.samplers, args.recipes, args.n, args.threads) == ([1.0, 2.0], ["fast"], ["digits_ncsnpp"],
                                                                                   1000, 2)
-    for bad, message in ((["--recipes", "nope"], "unknown ['nope']"), (["--samplers", "pc"], "choose from fast, ald"),
+    for bad, message in ((["--recipes", "nope"], "unknown ['nope']"), (["--samplers", "pc"], "choose from fast, det, ald"),
                          (["--budgets", "0"], "positive minutes")):
         with pytest.raises(SystemExit):
             race.parse(["--budgets", "1", "--out", "x", *bad])
