@@ -46,7 +46,13 @@ def setup(args):
 
 
 def machine(device: torch.device) -> dict:
-    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+    """What a reader needs to compare a figure with their own machine: the CPU model and its bf16 flags, threads,
+    torch, and the GPU where one ran."""
+    from ncsn.autotune import NATIVE_BF16_FLAGS, cpu_info
+
+    model, flags = cpu_info()
+    info = {"cpu_model": model, "native_bf16_flags": sorted(flags & NATIVE_BF16_FLAGS),
+            "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

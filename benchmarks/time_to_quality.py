@@ -20,6 +20,8 @@ trains in its own process (`ncsn train`, OMP_NUM_THREADS = --threads), the recip
 Writes OUT.json (every snapshot and sampler: step, NFE, seconds, figures; the calibration; the launch order),
 OUT.png (classifier FID against training minutes, log y: one line per recipe through its whole-budget runs with its
 fast sampler, its 1/4 and 1/2 snapshots as open markers, ALD dashed) and OUT.md (the table, also printed).
+`--merge A.json B.json --out STEM` combines races run at other budgets on the same machine (a long race split over
+sessions).
 """
 
 from __future__ import annotations
@@ -81,6 +83,10 @@ RECIPES = {
     "digits_ncsnpp": Recipe("digits_ncsnpp", [], {"fast": DPMPP_SDE, "det": HEUN_ODE, "ald": ["sampling.sampler=ald"]}),
     "digits_ncsnpp_edm": Recipe("digits_ncsnpp", ["training.objective=edm", "model.preconditioning=edm"],
                                 {"fast": DPMPP_SDE, "det": HEUN_ODE, "ald": ["sampling.sampler=ald"]}),
+    # Fashion-MNIST at 28x28: the NCSN++ recipes at nf 32 (fashion_mnist_ncsnpp), sampled at 20 NFE and by Heun
+    "fashion_ncsnpp": Recipe("fashion_mnist_ncsnpp", [], {"fast": [], "det": HEUN_ODE}),
+    "fashion_ncsnpp_edm": Recipe("fashion_mnist_ncsnpp", ["training.objective=edm", "model.preconditioning=edm"],
+                                 {"fast": [], "det": HEUN_ODE}),
 }
 
 
@@ -90,7 +96,8 @@ def floats(text: str) -> list[float]:
 
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--budgets", type=floats, required=True, help="training wall-clock budgets in minutes, e.g. 1,2,4,8")
+    p.add_argument("--budgets", type=floats, default=None, help="training wall-clock budgets in minutes, e.g. 1,2,4,8")
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="combine earlier OUT.json files instead of racing")
     p.add_argument("--recipes", default=",".join(RECIPES), help=f"which recipes ({', '.join(RECIPES)})")
     p.add_argument("--threads", type=int, default=2, help="threads of every training process and of the sampling")
     p.add_argument("--n", type=int, default=1000, help="samples per snapshot and sampler")
@@ -106,6 +113,10 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--workdir", default="runs/time_to_quality", help="folder for the run folders (must be new)")
     p.add_argument("--out", required=True, help="output path stem: writes OUT.json, OUT.png and OUT.md")
     args = p.parse_args(argv)
+    if (args.budgets is None) == (args.merge is None):
+        p.error("give either --budgets (to race) or --merge (to combine results)")
+    if args.merge:
+        return args
     names = [r for r in args.recipes.split(",") if r]
     unknown = sorted(set(names) - set(RECIPES))
     if unknown or not names:
@@ -266,8 +277,51 @@ def table(rows: list[dict], budgets: list[float], real: dict) -> str:
     return "\n".join(lines)
 
 
+SAME_RACE_KEYS = ("threads", "n", "seed", "precision", "samplers_scored", "overrides", "sample_overrides")
+
+
+def merge(paths: list[str]) -> dict:
+    """One result from races of the same settings at different budgets; a recipe must be the same in every part
+    that has it, and the CPU model the same in all."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    for key in SAME_RACE_KEYS:
+        values = {json.dumps(part.get(key)) for part in parts}
+        if len(values) > 1:
+            raise SystemExit(f"--merge: the races differ in {key!r} ({', '.join(sorted(values))})")
+    models = {part["machine"].get("cpu_model") for part in parts}
+    if len(models) > 1:
+        raise SystemExit(f"--merge: the races ran on different CPUs ({', '.join(sorted(map(str, models)))}): "
+                         "their minutes do not compare")
+    recipes: dict = {}
+    for part in parts:
+        for name, recipe in part["recipes"].items():
+            if recipes.setdefault(name, recipe) != recipe:
+                raise SystemExit(f"--merge: recipe {name!r} differs between the races")
+    seen = [(r["recipe"], r["budget_min"]) for part in parts for r in part["runs"] if r["fraction"] == 1.0
+            and r["sampler"] == "fast"]
+    if len(seen) != len(set(seen)):
+        raise SystemExit("--merge: a recipe was raced at the same budget twice")
+    return {**parts[0], "budgets_min": sorted({b for part in parts for b in part["budgets_min"]}), "recipes": recipes,
+            "calibration": [part["calibration"] for part in parts], "order": [part["order"] for part in parts],
+            "runs": [r for part in parts for r in part["runs"]], "merged_from": [str(p) for p in paths]}
+
+
+def write_outputs(result: dict, out: Path) -> dict:
+    """OUT.json, OUT.png and OUT.md of a result; the table is also printed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    title = f"time to quality ({result['threads']} threads per process, {result['n']} samples per point)"
+    plot(result["runs"], result["real"], out.with_suffix(".png"), title)
+    text = table(result["runs"], result["budgets_min"], result["real"])
+    out.with_suffix(".md").write_text(text + "\n")
+    print(text)
+    return result
+
+
 def main(argv=None) -> dict:
     args = parse(argv)
+    if args.merge:
+        return write_outputs(merge(args.merge), Path(args.out))
     torch.set_num_threads(args.threads)
     root = Path(args.workdir)
     if root.exists() and any(root.iterdir()):
@@ -299,15 +353,7 @@ def main(argv=None) -> dict:
               "recipes": {name: {"preset": r.preset, "overrides": sets[name], "samplers": r.samplers}
                           for name, r in recipes.items()},
               "calibration": calibration, "order": order, "runs": rows, "real": real}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    title = f"time to quality ({args.threads} threads per process, {args.n} samples per point)"
-    plot(rows, real, out.with_suffix(".png"), title)
-    text = table(rows, sorted(args.budgets), real)
-    out.with_suffix(".md").write_text(text + "\n")
-    print(text)
-    return result
+    return write_outputs(result, Path(args.out))
 
 
 if __name__ == "__main__":

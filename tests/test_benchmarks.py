@@ -294,7 +294,8 @@ def test_time_to_quality_recipes_are_valid_and_their_fast_samplers_stay_within_1
     from ncsn.samplers import expected_nfe, settings_from
     from ncsn.sigmas import geometric_sigmas
 
-    assert set(race.RECIPES) == {"digits", "digits_v2", "digits_ncsnpp", "digits_ncsnpp_edm"}
+    assert set(race.RECIPES) == {"digits", "digits_v2", "digits_ncsnpp", "digits_ncsnpp_edm", "fashion_ncsnpp",
+                                 "fashion_ncsnpp_edm"}
     for name, recipe in race.RECIPES.items():
         sets = race.plan_overrides(recipe, [])
         for label, sampling in recipe.samplers.items():
@@ -311,6 +312,39 @@ def test_time_to_quality_recipes_are_valid_and_their_fast_samplers_stay_within_1
     assert (edm.training.objective, edm.model.preconditioning) == ("edm", "edm")
 
 
+def test_time_to_quality_merges_races_run_at_other_budgets(bench, tmp_path):
+    """A race split over sessions: the parts' whole-budget points join into one table and plot; parts from another
+    CPU, with other settings, or racing a recipe at the same budget again are refused."""
+    import time_to_quality as race
+
+    def part(budget, cfid, **changes):
+        rows = [{"recipe": "digits_ncsnpp", "sampler": "fast", "nfe": 15, "budget_min": budget, "fraction": f,
+                 "minutes": f * budget, "step": int(100 * f * budget), "n_iters": 100 * budget, "cfid": cfid / f,
+                 "cscore": 9.5, "nn_median": 1.0} for f in race.FRACTIONS]
+        found = {"benchmark": "time_to_quality", "machine": {"cpu_model": "AMD EPYC"}, "threads": 2,
+                 "budgets_min": [budget], "n": 1000, "seed": 0, "precision": "auto", "samplers_scored": ["fast"],
+                 "overrides": [], "sample_overrides": [], "recipes": {"digits_ncsnpp": {"preset": "digits_ncsnpp"}},
+                 "calibration": {}, "order": [], "runs": rows,
+                 "real": {"cfid_test": 3.6, "cscore_test": 9.6, "nn_median_test": 1.03}, **changes}
+        path = tmp_path / f"part{len(list(tmp_path.glob('part*')))}.json"
+        path.write_text(json.dumps(found))
+        return str(path)
+
+    a, b = part(1, 8.0), part(2, 4.0)
+    out = tmp_path / "merged" / "ttq"
+    merged = race.main(["--merge", a, b, "--out", str(out)])
+    assert merged["budgets_min"] == [1, 2] and len(merged["runs"]) == 6 and merged["merged_from"] == [a, b]
+    assert race.series(merged["runs"])["digits_ncsnpp (fast, 15 NFE)"]["line"] == [(1, 8.0), (2, 4.0)]
+    table = out.with_suffix(".md").read_text()
+    assert "| digits_ncsnpp | fast | 15 | 8.00 / 9.50 / 1.000 (100 steps) | 4.00 / 9.50 / 1.000 (200 steps) |" in table
+    assert out.with_suffix(".png").is_file() and json.loads(out.with_suffix(".json").read_text()) == merged
+    for bad, message in (([part(4, 2.0, threads=1)], "differ in 'threads'"),
+                         ([part(4, 2.0, machine={"cpu_model": "Intel Xeon"})], "different CPUs"),
+                         ([part(1, 2.0)], "same budget twice")):
+        with pytest.raises(SystemExit, match=message):
+            race.main(["--merge", a, *bad, "--out", str(out)])
+
+
 def test_time_to_quality_refuses_bad_options(bench, capsys):
     import time_to_quality as race
 
@@ -318,7 +352,7 @@ def test_time_to_quality_refuses_bad_options(bench, capsys):
     assert (args.budgets, args.samplers, args.recipes, args.n, args.threads) == ([1.0, 2.0], ["fast"], ["digits_ncsnpp"],
                                                                                   1000, 2)
     for bad, message in ((["--recipes", "nope"], "unknown ['nope']"), (["--samplers", "pc"], "choose from fast, det, ald"),
-                         (["--budgets", "0"], "positive minutes")):
+                         (["--budgets", "0"], "positive minutes"), (["--merge", "a.json"], "either --budgets")):
         with pytest.raises(SystemExit):
             race.parse(["--budgets", "1", "--out", "x", *bad])
         assert message in capsys.readouterr().err

@@ -15,7 +15,7 @@ from ncsn.config import load_config
 from .conftest import run, train_tiny
 
 TINY = ["model.ngf=4", "training.n_iters=4", "training.batch_size=16", "training.checkpoint_every=2",
-        "training.sample_every=100", "training.sample_n=4", "sampling.n_steps_each=2", "sampling.batch_size=8",
+        "training.sample_every=100", "training.sample_n=4", "sampling.ald.n_steps_each=2", "sampling.batch_size=8",
         "training.log_every=2", "training.eval_every=2"]
 
 
@@ -93,8 +93,13 @@ def test_corrupt_checkpoint_in_run_folder(trained, tmp_path):
     assert result.exit_code == 1 and "corrupt or truncated" in result.output and "checkpoint_00000009.pt" in result.output
 
 
+DEMO_TINY = [*TINY, "sampling.dpmpp_2m_sde.n_steps=3"]
+
+
 def test_demo_trains_samples_and_scores(tmp_path):
-    result = run("demo", "--workdir", tmp_path, "--n", 20, "--device", "cpu", *[f"--set={s}" for s in TINY])
+    """The default preset (a sigma-continuous NCSN++): trained, sampled with its fast sampler and with EDM's
+    deterministic Heun (35 NFE), both scored; a rerun reuses the model and gives the same figures."""
+    result = run("demo", "--workdir", tmp_path, "--n", 20, "--device", "cpu", *[f"--set={s}" for s in DEMO_TINY])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "demo.json").read_text())
     assert report["samples"]["n"] == 20 and len(report["class_shares"]) == 10
@@ -104,11 +109,31 @@ def test_demo_trains_samples_and_scores(tmp_path):
     assert report["beats_baselines"] == all(report["samples"]["cfid"] < b["cfid"] for b in report["baselines"].values())
     assert "Gaussian mixture, 30 components" in result.output and "real held-out digits" in result.output
     assert report["train_steps"] == 4 and report["train_images_per_s"] > 0
+    assert report["sampling"]["nfe"] == 3 and "with dpmpp_2m_sde (3 NFE)" in result.output
+    det = report["deterministic"]
+    assert (det["sampler"], det["nfe"], det["n"]) == ("heun", 35, 20) and det["cfid"] > 0 and 1 <= det["cscore"] <= 10
+    assert f"deterministic sampler (heun, 35 NFE, same seed): classifier FID {det['cfid']:.2f}" in result.output
+    stored = np.load(tmp_path / "samples_deterministic" / "samples.npz")["samples"]
+    assert stored.shape == (20, 8, 8, 1) and not np.array_equal(
+        stored, np.load(tmp_path / "samples_final" / "samples.npz")["samples"])
     assert report["wall_seconds"] >= report["train_seconds"] + report["sample_seconds"] and "s in all" in result.output
     assert (tmp_path / "samples_final" / "grid.png").is_file() and (tmp_path / "samples_final" / "nn.png").is_file()
-    rerun = run("demo", "--workdir", tmp_path, "--n", 20, "--device", "cpu", *[f"--set={s}" for s in TINY])
-    assert rerun.exit_code == 0 and "reused the model trained to step 4" in rerun.output and json.loads((tmp_path / "demo.json").read_text())["class_shares"] == report[
-        "class_shares"]
+    rerun = run("demo", "--workdir", tmp_path, "--n", 20, "--device", "cpu", *[f"--set={s}" for s in DEMO_TINY])
+    assert rerun.exit_code == 0 and "reused the model trained to step 4" in rerun.output
+    again = json.loads((tmp_path / "demo.json").read_text())
+    assert again["class_shares"] == report["class_shares"] and again["deterministic"]["cfid"] == det["cfid"]
+
+
+def test_demo_trains_another_digits_preset_and_skips_heun_on_a_level_conditioned_net(tmp_path):
+    """--config digits (the paper's level-conditioned network) samples with its ALD; Heun cannot evaluate it, so the
+    report has no deterministic row. A preset of other data is refused in one line."""
+    result = run("demo", "--config", "digits", "--workdir", tmp_path, "--n", 20, "--device", "cpu",
+                 *[f"--set={s}" for s in TINY], "--set=sampling.ald.n_steps_each=1")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "demo.json").read_text())
+    assert report["deterministic"] is None and report["sampling"]["nfe"] == 12 + 1 and "deterministic" not in result.output
+    refused = run("demo", "--config", "fashion_mnist", "--workdir", tmp_path / "f", "--device", "cpu")
+    assert refused.exit_code != 0 and "the demo scores digits, but fashion_mnist trains on fashion_mnist" in refused.output
 
 
 def test_sampling_under_torchrun_matches_one_process(trained, tmp_path):

@@ -44,6 +44,12 @@ def _figures(samples: torch.Tensor, data: DataConfig, out_dir: Path | None) -> d
     return row, m
 
 
+def sample_figures(samples: np.ndarray, data: DataConfig, out_dir: str | Path) -> dict:
+    """Classifier FID and score and nearest-training distances of uint8 samples (N, H, W, C); the PNG to ``out_dir``."""
+    images = torch.from_numpy(np.ascontiguousarray(samples)).permute(0, 3, 1, 2).contiguous()
+    return _figures(images, data, Path(out_dir))[0]
+
+
 def demo_report(samples: np.ndarray, data: DataConfig, out_dir: str | Path, seed: int = 0) -> dict:
     """Figures for uint8 samples (N, H, W, C): the model's, the mixtures' and the real held-out digits'."""
     out_dir = Path(out_dir)
@@ -87,4 +93,8 @@ def format_report(report: dict) -> str:
                      f"{s['nn_prob_farther']:.3f} (0.5 = alike); one-sided Mann-Whitney p(samples closer) "
                      f"{s['nn_p_closer']:.3g}")
     lines.append("class shares 0-9: " + " ".join(f"{v:.3f}" for v in report["class_shares"]))
+    d = report.get("deterministic")
+    if d is not None:
+        lines.append(f"deterministic sampler ({d['sampler']}, {d['nfe']} NFE, same seed): classifier FID {d['cfid']:.2f}, "
+                     f"score {d['cscore']:.2f}, nearest training image median {d['nn_median']:.3f}")
     return "\n".join(lines)
