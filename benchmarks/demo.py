@@ -73,7 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default=None, help="run folder (default: a temporary one)")
     parser.add_argument("--seeds", default="0,1,2", help="sampler seeds; the first one's run is timed")
-    parser.add_argument("--config", default="digits_edm", help="the digits preset `ncsn demo` trains")
+    parser.add_argument("--config", default="digits_demo", help="the digits preset `ncsn demo` trains")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="digits config override")
     parser.add_argument("--keep", action="store_true", help="keep the run folder")
     args = parser.parse_args()

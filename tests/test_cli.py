@@ -93,13 +93,10 @@ def test_corrupt_checkpoint_in_run_folder(trained, tmp_path):
     assert result.exit_code == 1 and "corrupt or truncated" in result.output and "checkpoint_00000009.pt" in result.output
 
 
-DEMO_TINY = [*TINY, "sampling.dpmpp_2m_sde.n_steps=3"]
-
-
 def test_demo_trains_samples_and_scores(tmp_path):
-    """The default preset (a sigma-continuous NCSN++): trained, sampled with its fast sampler and with EDM's
+    """The default preset (a sigma-continuous NCSN++): trained, sampled with its Heun with churn and with EDM's
     deterministic Heun (35 NFE), both scored; a rerun reuses the model and gives the same figures."""
-    result = run("demo", "--workdir", tmp_path, "--n", 20, "--device", "cpu", *[f"--set={s}" for s in DEMO_TINY])
+    result = run("demo", "--workdir", tmp_path, "--n", 20, "--device", "cpu", *[f"--set={s}" for s in TINY])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "demo.json").read_text())
     assert report["samples"]["n"] == 20 and len(report["class_shares"]) == 10
@@ -109,7 +106,7 @@ def test_demo_trains_samples_and_scores(tmp_path):
     assert report["beats_baselines"] == all(report["samples"]["cfid"] < b["cfid"] for b in report["baselines"].values())
     assert "Gaussian mixture, 30 components" in result.output and "real held-out digits" in result.output
     assert report["train_steps"] == 4 and report["train_images_per_s"] > 0
-    assert report["sampling"]["nfe"] == 3 and "with dpmpp_2m_sde (3 NFE)" in result.output
+    assert report["sampling"]["nfe"] == 2 * 50 - 1 and "with heun (99 NFE)" in result.output
     det = report["deterministic"]
     assert (det["sampler"], det["nfe"], det["n"]) == ("heun", 35, 20) and det["cfid"] > 0 and 1 <= det["cscore"] <= 10
     assert f"deterministic sampler (heun, 35 NFE, same seed): classifier FID {det['cfid']:.2f}" in result.output
@@ -118,7 +115,7 @@ def test_demo_trains_samples_and_scores(tmp_path):
         stored, np.load(tmp_path / "samples_final" / "samples.npz")["samples"])
     assert report["wall_seconds"] >= report["train_seconds"] + report["sample_seconds"] and "s in all" in result.output
     assert (tmp_path / "samples_final" / "grid.png").is_file() and (tmp_path / "samples_final" / "nn.png").is_file()
-    rerun = run("demo", "--workdir", tmp_path, "--n", 20, "--device", "cpu", *[f"--set={s}" for s in DEMO_TINY])
+    rerun = run("demo", "--workdir", tmp_path, "--n", 20, "--device", "cpu", *[f"--set={s}" for s in TINY])
     assert rerun.exit_code == 0 and "reused the model trained to step 4" in rerun.output
     again = json.loads((tmp_path / "demo.json").read_text())
     assert again["class_shares"] == report["class_shares"] and again["deterministic"]["cfid"] == det["cfid"]

@@ -24,7 +24,7 @@ from .sample import resolved_sampling, sample_to_folder
 from .sampler_options import sampler_options
 
 
-DEMO_PRESET = "digits_edm"
+DEMO_PRESET = "digits_demo"
 
 
 @click.command("demo")
