@@ -26,7 +26,9 @@ import torch
 from common import machine
 
 BUDGET_SECONDS = 5 * 60
-TARGETS = {"cfid_max": 5.0, "cscore_min": 9.45}
+# "nearest-training distances not below real held-out digits": no evidence at 5 % (one-sided Mann-Whitney) that the
+# samples sit closer to the training set than the 297 real held-out digits do; the medians are reported beside it
+TARGETS = {"cfid_max": 5.0, "cscore_min": 9.45, "nn_p_closer_min": 0.05}
 # the previous demo preset's throughput (its ladder does not change the cost of a step: one sigma per image)
 REFERENCE_RECIPE = ["training.n_iters=300", "training.lr_warmup=0", "training.eval_every=300",
                     "training.checkpoint_every=300", "training.snapshot_every=300", "training.sample_every=100000",
@@ -65,8 +67,9 @@ def figures(report: dict) -> dict:
             "real_nn_median_interval": [round(v, 4) for v in r["nn_median_interval"]],
             "nn_p_samples_closer": s["nn_p_closer"], "nn_prob_sample_farther": s["nn_prob_farther"],
             "max_share_deviation": round(report["max_share_deviation"], 4),
+            "nn_median_at_least_real": s["nn_median"] >= r["nn_median"],
             "meets_targets": s["cfid"] <= TARGETS["cfid_max"] and s["cscore"] >= TARGETS["cscore_min"]
-            and s["nn_median"] >= r["nn_median"]}
+            and s["nn_p_closer"] >= TARGETS["nn_p_closer_min"]}
 
 
 def main() -> None:

@@ -4,10 +4,12 @@
         --out benchmarks/results/time_to_quality_digits
 
 A recipe is a network, an objective, optimiser settings and its samplers, as config overrides (RECIPES). Each recipe
-trains in its own process (`ncsn train`, OMP_NUM_THREADS = --threads), the recipes alternating, for every budget:
+trains in its own process (`ncsn train`, OMP_NUM_THREADS = --threads), the recipes alternating (or, with
+--side-by-side, running at the same time on separate cores), for every budget:
 
 1. calibration: a --calibration-steps run of each recipe measures its steps per second, so that each budget's run
-   gets the n_iters that fill it (its warm-up and learning-rate decay then end with the budget);
+   gets the n_iters that fill it (its warm-up and learning-rate decay then end with the budget; --fill below 1 aims
+   them a little short, so that a run finishes its schedule and ``ncsn train`` with that n_iters repeats it);
 2. each budget B is trained in three stages stopped by ``training.time_budget_s`` (B/4, B/4, B/2 of wall time in the
    training loop; process start and data loading are not counted), each resuming the last, so the checkpoints at
    1/4, 1/2 and the whole budget are snapshots of one run (a resumed run repeats an uninterrupted one bit for bit);
@@ -21,7 +23,9 @@ Writes OUT.json (every snapshot and sampler: step, NFE, seconds, figures; the ca
 OUT.png (classifier FID against training minutes, log y: one line per recipe through its whole-budget runs with its
 fast sampler, its 1/4 and 1/2 snapshots as open markers, ALD dashed) and OUT.md (the table, also printed).
 `--merge A.json B.json --out STEM` combines races run at other budgets on the same machine (a long race split over
-sessions).
+sessions). `--resume` continues a stopped race in its --workdir with the same options: the calibration is read back,
+finished stages are not trained again (a stage cut off midway is refused: its time would not be the budget's), and
+finished scores are read from their folders.
 """
 
 from __future__ import annotations
@@ -38,7 +42,6 @@ from pathlib import Path
 import torch
 from common import machine
 
-from ncsn.checkpoint import latest_checkpoint
 from ncsn.config import from_dict, load_config, to_dict
 from ncsn.data import load_split, to_uint8_hwc
 from ncsn.evaluation import evaluate_samples
@@ -46,6 +49,7 @@ from ncsn.evaluation.reference import hwc_to_nchw
 from ncsn.generate import generate
 from ncsn.model_loading import load_score_model
 from ncsn.noise_plan import noise_plan
+from ncsn.runtime import RuntimeOptions, resolve
 from ncsn.samplers import used_settings
 
 FRACTIONS = (0.25, 0.5, 1.0)
@@ -99,7 +103,13 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--budgets", type=floats, default=None, help="training wall-clock budgets in minutes, e.g. 1,2,4,8")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="combine earlier OUT.json files instead of racing")
     p.add_argument("--recipes", default=",".join(RECIPES), help=f"which recipes ({', '.join(RECIPES)})")
-    p.add_argument("--threads", type=int, default=2, help="threads of every training process and of the sampling")
+    p.add_argument("--threads", type=int, default=2, help="threads of every training process (and of the sampling, "
+                   "times the number of recipes with --side-by-side)")
+    p.add_argument("--side-by-side", action="store_true",
+                   help="train the recipes at the same time, each in its own process at --threads, instead of "
+                        "alternating: a race on N cores in 1/N of the wall time, every recipe seeing the same load")
+    p.add_argument("--fill", type=float, default=1.0,
+                   help="the fraction of each budget that a run's n_iters aims at (from the calibration)")
     p.add_argument("--n", type=int, default=1000, help="samples per snapshot and sampler")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (batch b uses (seed, b))")
     p.add_argument("--precision", default="auto", help="--precision of every training process")
@@ -108,9 +118,14 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--samplers", default=",".join(SAMPLERS),
                    help=f"which of each recipe's samplers score the snapshots ({', '.join(SAMPLERS)}); "
                         f"only {', '.join(EVERY_SNAPSHOT)} at every snapshot, the others at the whole budget")
+    p.add_argument("--snapshot-budgets", type=floats, default=None,
+                   help="budgets whose 1/4 and 1/2 snapshots are scored (default: every budget's)")
     p.add_argument("--calibration-steps", type=int, default=CALIBRATION_STEPS,
                    help="steps timed per recipe to size n_iters; 0 keeps each recipe's n_iters")
+    p.add_argument("--sample-precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="precision of the scoring samplers (auto: the library's decision for sampling on this CPU)")
     p.add_argument("--workdir", default="runs/time_to_quality", help="folder for the run folders (must be new)")
+    p.add_argument("--resume", action="store_true", help="continue a stopped race in --workdir")
     p.add_argument("--out", required=True, help="output path stem: writes OUT.json, OUT.png and OUT.md")
     args = p.parse_args(argv)
     if (args.budgets is None) == (args.merge is None):
@@ -123,6 +138,8 @@ def parse(argv=None) -> argparse.Namespace:
         p.error(f"--recipes: unknown {unknown}; choose from {', '.join(RECIPES)}")
     if not args.budgets or min(args.budgets) <= 0 or args.threads < 1 or args.n < 1 or args.calibration_steps < 0:
         p.error("--budgets must be positive minutes; --threads and --n >= 1; --calibration-steps >= 0")
+    if not 0 < args.fill <= 1:
+        p.error(f"--fill must be in (0, 1]; got {args.fill}")
     args.recipes = names
     args.samplers = [s for s in args.samplers.split(",") if s]
     if not args.samplers or set(args.samplers) - set(SAMPLERS):
@@ -130,10 +147,26 @@ def parse(argv=None) -> argparse.Namespace:
     return args
 
 
-def launch(argv: list[str], threads: int) -> None:
-    """``ncsn ARGV`` in a fresh process at ``threads`` threads (the tests run it in-process instead)."""
+def start(argv: list[str], threads: int) -> subprocess.Popen:
+    """``ncsn ARGV`` started in a fresh process at ``threads`` threads (the tests run it in-process instead)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    subprocess.run([sys.executable, "-m", "ncsn.cli", *argv], env=env, check=True)
+    return subprocess.Popen([sys.executable, "-m", "ncsn.cli", *argv], env=env)
+
+
+def launch_all(argvs: list[list[str]], threads: int, side_by_side: bool) -> None:
+    """Every ``ncsn ARGV`` in turn, or all at once when ``side_by_side``; a failed one stops the race."""
+    waiting = []
+    for argv in argvs:
+        waiting.append((argv, start(argv, threads)))
+        if not side_by_side:
+            _wait(*waiting.pop())
+    for argv, process in waiting:
+        _wait(argv, process)
+
+
+def _wait(argv: list[str], process) -> None:
+    if process.wait() != 0:
+        raise SystemExit(f"a race process failed (exit {process.returncode}): ncsn {' '.join(argv)}")
 
 
 def plan_overrides(recipe: Recipe, overrides: list[str]) -> list[str]:
@@ -155,14 +188,15 @@ def train_args(recipe: Recipe, overrides: list[str], workdir: Path, precision: s
 def calibrate(recipes: dict, sets: dict, args, root: Path, order: list) -> dict:
     """Steps per second of each recipe, from the images/s its training log reports over the second half of
     --calibration-steps (the first steps pay one-off costs that a long run does not)."""
-    found = {}
+    found, steps = {}, args.calibration_steps
+    launch_all([train_args(recipe, [*sets[name], f"training.n_iters={steps}", f"training.log_every={max(1, steps // 2)}",
+                                    "training.sample_n=1"], root / "calibration" / name, args.precision)
+                for name, recipe in recipes.items() if not (root / "calibration" / name / "metrics.jsonl").is_file()],
+               args.threads, args.side_by_side)
     for name, recipe in recipes.items():
-        steps = args.calibration_steps
-        workdir = root / "calibration" / name
-        launch(train_args(recipe, [*sets[name], f"training.n_iters={steps}", f"training.log_every={max(1, steps // 2)}",
-                                   "training.sample_n=1"], workdir, args.precision), args.threads)
         order.append([name, "calibration"])
-        rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line]
+        rows = [json.loads(line) for line in (root / "calibration" / name / "metrics.jsonl").read_text().splitlines()
+                if line]
         images_per_s = [r["images_per_s"] for r in rows if "images_per_s" in r][-1]
         batch = load_config(recipe.preset, sets[name]).training.batch_size
         found[name] = {"steps": steps, "images_per_s": images_per_s, "steps_per_s": images_per_s / batch}
@@ -171,50 +205,73 @@ def calibrate(recipes: dict, sets: dict, args, root: Path, order: list) -> dict:
 
 def train_stages(recipes: dict, sets: dict, budget: float, calibration: dict, args, root: Path,
                  order: list) -> dict:
-    """Each recipe trained for ``budget`` minutes in stages, alternating; {(recipe, fraction): checkpoint info}."""
+    """Each recipe trained for ``budget`` minutes in stages, alternating or side by side; {(recipe, fraction):
+    checkpoint info}."""
     snapshots, done = {}, 0.0
-    n_iters = {name: (max(1, int(budget * 60 * calibration[name]["steps_per_s"])) if name in calibration
+    n_iters = {name: (max(1, int(args.fill * budget * 60 * calibration[name]["steps_per_s"])) if name in calibration
                       else load_config(recipe.preset, sets[name]).training.n_iters) for name, recipe in recipes.items()}
-    for fraction in FRACTIONS:
+    for index, fraction in enumerate(FRACTIONS):
         seconds = (fraction - done) * budget * 60
+        stages = []
         for name, recipe in recipes.items():
             workdir = root / f"{name}_{budget:g}min"
-            latest = latest_checkpoint(workdir)
-            step = int(latest.stem.split("_")[1]) if latest else 0
-            if step < n_iters[name]:  # a run that already reached its n_iters has nothing left to train
-                stage = [*sets[name], f"training.n_iters={n_iters[name]}", f"training.time_budget_s={seconds}"]
-                if latest is None:
-                    launch(train_args(recipe, stage, workdir, args.precision), args.threads)
-                else:
-                    launch(["train", "--resume", "--workdir", str(workdir), "--device", "cpu", "--no-progress",
-                            "--precision", args.precision, f"--set=training.time_budget_s={seconds}"], args.threads)
-                order.append([name, budget, fraction])
-            latest = latest_checkpoint(workdir)
-            snapshots[name, fraction] = {"checkpoint": latest, "step": int(latest.stem.split("_")[1]),
-                                         "n_iters": n_iters[name]}
+            ends = stage_ends(workdir)
+            if len(ends) > index or (ends and ends[-1] >= n_iters[name]):
+                continue  # this stage ran already (a resumed race), or the run reached its n_iters
+            if (workdir / "config.yaml").exists() and len(ends) < max(index, 1):
+                raise SystemExit(f"{workdir}: a stage was cut off before its first checkpoint; delete the folder to "
+                                 "race this budget again")
+            if not ends:
+                stages.append(train_args(recipe, [*sets[name], f"training.n_iters={n_iters[name]}",
+                                                  f"training.time_budget_s={seconds}"], workdir, args.precision))
+            else:
+                stages.append(["train", "--resume", "--workdir", str(workdir), "--device", "cpu", "--no-progress",
+                               "--precision", args.precision, f"--set=training.time_budget_s={seconds}"])
+            order.append([name, budget, fraction])
+        launch_all(stages, args.threads, args.side_by_side)
+        for name in recipes:
+            workdir = root / f"{name}_{budget:g}min"
+            ends = stage_ends(workdir)
+            step = ends[min(index, len(ends) - 1)]
+            snapshots[name, fraction] = {"checkpoint": workdir / "checkpoints" / f"checkpoint_{step:08d}.pt",
+                                         "step": step, "n_iters": n_iters[name]}
         done = fraction
     return snapshots
+
+
+def stage_ends(workdir: Path) -> list[int]:
+    """The steps at which a race run's stages ended: one checkpoint each (the race checkpoints only at a stage's end)."""
+    return sorted(int(p.stem.split("_")[1]) for p in (workdir / "checkpoints").glob("checkpoint_*.pt"))
 
 
 def score(checkpoint: Path, sampling: list[str], args, out_dir: Path) -> dict:
     """--n samples of a snapshot with one sampler: their classifier FID and score, and the median L2 distance to
     the nearest training image beside the real held-out images' (its PNG goes to ``out_dir``)."""
+    done = out_dir / "score.json"
+    if done.is_file():  # scored before this race was resumed
+        return json.loads(done.read_text())
     model, config, _ = load_score_model(checkpoint, device="cpu")
     config = from_dict(to_dict(config), [*sampling, *args.sample_set])
     shape = (config.model.in_channels, config.data.image_size, config.data.image_size)
+    runtime = resolve(RuntimeOptions(precision=args.sample_precision), model, "cpu",
+                      (config.sampling.batch_size, *shape), training=False)
     spent: dict = {}
     start = time.perf_counter()
-    _, images, _ = generate(model, model.sigmas, args.n, shape, config.sampling, seed=args.seed, info=spent)
+    _, images, _ = generate(model, model.sigmas, args.n, shape, config.sampling, seed=args.seed, info=spent,
+                            runtime=runtime)
     seconds = time.perf_counter() - start
     figures = evaluate_samples(hwc_to_nchw(to_uint8_hwc(images)), ["cfid", "cscore", "nn"], config.data,
                                seed=args.seed, out_dir=out_dir)["metrics"]
     nn = figures["nn"]
     nfe = spent["nfe_per_batch"]
-    return {"settings": used_settings(config.sampling), "nfe": sum(nfe) / len(nfe), "sample_seconds": round(seconds, 2),
-            "cfid": figures["cfid"]["samples"], "cscore": figures["cscore"]["samples"],
-            "nn_median": nn["samples_nearest"]["median"], "nn_p_closer": nn["closeness"]["p_samples_closer"],
-            "real": {"cfid_test": figures["cfid"]["real_test"], "cscore_test": figures["cscore"]["real_test"],
-                     "nn_median_test": nn["real_test_nearest"]["median"]}}
+    found = {"settings": used_settings(config.sampling), "nfe": sum(nfe) / len(nfe), "sample_seconds": round(seconds, 2),
+             "sample_precision": runtime.precision, "cfid": figures["cfid"]["samples"],
+             "cscore": figures["cscore"]["samples"], "nn_median": nn["samples_nearest"]["median"],
+             "nn_p_closer": nn["closeness"]["p_samples_closer"],
+             "real": {"cfid_test": figures["cfid"]["real_test"], "cscore_test": figures["cscore"]["real_test"],
+                      "nn_median_test": nn["real_test_nearest"]["median"]}}
+    done.write_text(json.dumps(found))
+    return found
 
 
 def series(rows: list[dict]) -> dict[str, dict]:
@@ -277,7 +334,8 @@ def table(rows: list[dict], budgets: list[float], real: dict) -> str:
     return "\n".join(lines)
 
 
-SAME_RACE_KEYS = ("threads", "n", "seed", "precision", "samplers_scored", "overrides", "sample_overrides")
+SAME_RACE_KEYS = ("threads", "side_by_side", "fill", "n", "seed", "precision", "sample_precision", "samplers_scored",
+                  "overrides", "sample_overrides")
 
 
 def merge(paths: list[str]) -> dict:
@@ -310,7 +368,8 @@ def write_outputs(result: dict, out: Path) -> dict:
     """OUT.json, OUT.png and OUT.md of a result; the table is also printed."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    title = f"time to quality ({result['threads']} threads per process, {result['n']} samples per point)"
+    together = ", side by side" if result.get("side_by_side") else ""
+    title = f"time to quality ({result['threads']} threads per process{together}, {result['n']} samples per point)"
     plot(result["runs"], result["real"], out.with_suffix(".png"), title)
     text = table(result["runs"], result["budgets_min"], result["real"])
     out.with_suffix(".md").write_text(text + "\n")
@@ -322,10 +381,10 @@ def main(argv=None) -> dict:
     args = parse(argv)
     if args.merge:
         return write_outputs(merge(args.merge), Path(args.out))
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(min(os.cpu_count() or 1, args.threads * (len(args.recipes) if args.side_by_side else 1)))
     root = Path(args.workdir)
-    if root.exists() and any(root.iterdir()):
-        raise SystemExit(f"{root} is not empty: every recipe must train from scratch to be timed")
+    if root.exists() and any(root.iterdir()) and not args.resume:
+        raise SystemExit(f"{root} is not empty: every recipe must train from scratch to be timed (or --resume)")
     recipes = {name: RECIPES[name] for name in args.recipes}
     race = [f"training.{k}={NEVER}" for k in ("checkpoint_every", "snapshot_every", "sample_every", "eval_every")]
     sets = {name: plan_overrides(r, [*race, "training.keep_last=10", "training.sample_n=16", *args.overrides])
@@ -340,7 +399,8 @@ def main(argv=None) -> dict:
         snapshots = train_stages(recipes, sets, budget, calibration, args, root, order)
         for (name, fraction), snap in snapshots.items():
             for label, sampling in recipes[name].samplers.items():
-                if label not in args.samplers or (fraction < 1.0 and label not in EVERY_SNAPSHOT):
+                if label not in args.samplers or (fraction < 1.0 and (label not in EVERY_SNAPSHOT or (
+                        args.snapshot_budgets is not None and budget not in args.snapshot_budgets))):
                     continue
                 found = score(snap["checkpoint"], sampling, args,
                               root / "scores" / f"{name}_{budget:g}min_{fraction:g}_{label}")
@@ -348,8 +408,9 @@ def main(argv=None) -> dict:
                 rows.append({"recipe": name, "budget_min": budget, "fraction": fraction, "minutes": fraction * budget,
                              "step": snap["step"], "n_iters": snap["n_iters"], "sampler": label, **found})
     result = {"benchmark": "time_to_quality", "machine": machine(torch.device("cpu")), "threads": args.threads,
+              "side_by_side": args.side_by_side, "fill": args.fill, "sampling_threads": torch.get_num_threads(),
               "budgets_min": sorted(args.budgets), "fractions": list(FRACTIONS), "n": args.n, "seed": args.seed,
-              "precision": args.precision, "samplers_scored": args.samplers, "overrides": args.overrides, "sample_overrides": args.sample_set,
+              "precision": args.precision, "sample_precision": args.sample_precision, "samplers_scored": args.samplers, "overrides": args.overrides, "sample_overrides": args.sample_set,
               "recipes": {name: {"preset": r.preset, "overrides": sets[name], "samplers": r.samplers}
                           for name, r in recipes.items()},
               "calibration": calibration, "order": order, "runs": rows, "real": real}

@@ -193,7 +193,11 @@ def test_seeded_output_is_pinned(variant, data_dir):
     with torch.no_grad():
         out = model(pinned["x"], pinned["sigma"])
     assert out.abs().max() > 1e-2  # every layer active: not the near-zero output of the default init
-    assert torch.allclose(out, pinned["score"], rtol=1e-4, atol=1e-5)
+    # float32 kernels differ between CPUs (AVX2, AVX-512, AMX) in summation order: through a deep network at
+    # sigma = 0.02 (scores ~ 1/sigma) that moves outputs by ~2e-6 of their largest value; a change to the network
+    # itself moves them by far more
+    scale = pinned["score"].abs().max()
+    assert (out - pinned["score"]).abs().max() <= 2e-5 * scale
 
 
 OFFICIAL_TINY = dict(image_size=8, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[4], dropout=0.0)
