@@ -462,3 +462,48 @@ def test_demo_benchmark_targets_read_the_neighbour_test_not_a_noisy_median(bench
     for bad in (dict(cfid=5.01), dict(cscore=9.449), dict(p=0.049)):
         assert not demo.figures(report(**bad))["meets_targets"], bad
     assert demo.figures(report(cfid=5.0, cscore=9.45, p=0.05))["meets_targets"]
+
+
+def test_time_to_quality_resumes_a_stopped_race_without_training_or_scoring_again(bench, tmp_path, monkeypatch):
+    """--resume reads the calibration and finished stages back (nothing trains), scores again only what has no
+    score.json (the same figures: same checkpoint and seed), and refuses a run whose first stage was cut off."""
+    import time_to_quality as race
+
+    from .conftest import run
+
+    launched = []
+
+    class InProcess:
+        def __init__(self, argv, threads):
+            launched.append(argv)
+            self.argv = argv
+
+        def wait(self):
+            result = run(*self.argv)
+            assert result.exit_code == 0, result.output
+            self.returncode = 0
+            return 0
+
+    monkeypatch.setattr(race, "start", InProcess)
+    runs, out = tmp_path / "runs", tmp_path / "ttq"
+    argv = ["--budgets", "0.02", "--recipes", "digits_ncsnpp", "--threads", "1", "--n", "16", "--samplers", "fast",
+            "--calibration-steps", "2", "--precision", "fp32", "--sample-precision", "fp32", "--set=model.ngf=4",
+            "--set=training.batch_size=16", "--set=sampling.batch_size=16", "--set=sampling.heun.n_steps=2",
+            "--sample-set=sampling.dpmpp_2m_sde.n_steps=2", "--workdir", str(runs), "--out", str(out)]
+    first = race.main(argv)
+    trained = len(launched)
+    assert trained >= 2 and len(first["runs"]) == 3
+    (runs / "scores" / "digits_ncsnpp_0.02min_0.5_fast" / "score.json").unlink()
+    with pytest.raises(SystemExit, match="not empty"):
+        race.main(argv)
+    again = race.main([*argv, "--resume"])
+    assert len(launched) == trained  # no calibration and no stage ran again
+
+    def figures(rows):
+        return [{k: v for k, v in r.items() if k != "sample_seconds"} for r in rows]
+
+    assert figures(again["runs"]) == figures(first["runs"]) and again["calibration"] == first["calibration"]
+    (runs / "digits_ncsnpp_0.04min").mkdir()
+    (runs / "digits_ncsnpp_0.04min" / "config.yaml").write_text("{}")
+    with pytest.raises(SystemExit, match="cut off before its first checkpoint"):
+        race.main([*argv[:1], "0.04", *argv[2:], "--resume"])
