@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 from common import machine
 
+from ncsn.checkpoint import list_checkpoints
 from ncsn.config import from_dict, load_config, to_dict
 from ncsn.data import load_split, to_uint8_hwc
 from ncsn.evaluation import evaluate_samples
@@ -215,8 +216,8 @@ def train_stages(recipes: dict, sets: dict, budget: float, calibration: dict, ar
         stages = []
         for name, recipe in recipes.items():
             workdir = root / f"{name}_{budget:g}min"
-            ends = stage_ends(workdir)
-            if len(ends) > index or (ends and ends[-1] >= n_iters[name]):
+            ends = list_checkpoints(workdir)  # the race checkpoints only at a stage's end: one per stage
+            if len(ends) > index or (ends and ends[-1][0] >= n_iters[name]):
                 continue  # this stage ran already (a resumed race), or the run reached its n_iters
             if (workdir / "config.yaml").exists() and len(ends) < max(index, 1):
                 raise SystemExit(f"{workdir}: a stage was cut off before its first checkpoint; delete the folder to "
@@ -230,18 +231,11 @@ def train_stages(recipes: dict, sets: dict, budget: float, calibration: dict, ar
             order.append([name, budget, fraction])
         launch_all(stages, args.threads, args.side_by_side)
         for name in recipes:
-            workdir = root / f"{name}_{budget:g}min"
-            ends = stage_ends(workdir)
-            step = ends[min(index, len(ends) - 1)]
-            snapshots[name, fraction] = {"checkpoint": workdir / "checkpoints" / f"checkpoint_{step:08d}.pt",
-                                         "step": step, "n_iters": n_iters[name]}
+            ends = list_checkpoints(root / f"{name}_{budget:g}min")
+            step, checkpoint = ends[min(index, len(ends) - 1)]  # a run that reached its n_iters early ends there
+            snapshots[name, fraction] = {"checkpoint": checkpoint, "step": step, "n_iters": n_iters[name]}
         done = fraction
     return snapshots
-
-
-def stage_ends(workdir: Path) -> list[int]:
-    """The steps at which a race run's stages ended: one checkpoint each (the race checkpoints only at a stage's end)."""
-    return sorted(int(p.stem.split("_")[1]) for p in (workdir / "checkpoints").glob("checkpoint_*.pt"))
 
 
 def score(checkpoint: Path, sampling: list[str], args, out_dir: Path) -> dict:
