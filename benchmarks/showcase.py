@@ -8,8 +8,8 @@ Every seed of the model is one `ncsn eval --metrics cfid,cscore,nn` (the command
 the tool's own. The baselines get the same n, metrics and seeds: a full-covariance Gaussian mixture of K components
 fitted on --gmm-fit-n random training images (seeded; EM on all 60,000 images at 784 dimensions would take the better
 part of an hour on two cores), and n random real test images, the floor a perfect model would reach at this n.
-Writes OUT.json, OUT.md (the table) and OUT_grid.png (the first 100 samples of the first seed); the nearest-neighbour
-figure of the first seed is copied to OUT_nn.png.
+Writes OUT.json, OUT.md (the table), OUT_grid.png (the first 100 samples of the first seed) and OUT_nn.png (its first
+24 samples, each followed by its 5 nearest training images, in three columns; `ncsn eval`'s nn.png has 64 in one).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -81,6 +80,20 @@ def image_figures(images: torch.Tensor, data, seed: int, out_dir: Path) -> dict:
     return {"cfid": m["cfid"]["samples"], "cscore": m["cscore"]["samples"], "nn_median": m["nn"]["samples_nearest"]["median"]}
 
 
+def neighbour_tiles(samples: torch.Tensor, train: torch.Tensor, indices: list[list[int]], rows: int = 8,
+                    blocks: int = 3) -> tuple[torch.Tensor, int]:
+    """The first rows x blocks samples (uint8, N, C, H, W), each followed by its nearest training images, laid out as
+    `blocks` columns of `rows` lines with a white tile between columns; returns the tiles and the tiles per line."""
+    k = len(indices[0])
+    blank = torch.full_like(samples[0], 255)
+    tiles = []
+    for r in range(rows):
+        for b in range(blocks):
+            i = b * rows + r
+            tiles += [samples[i], *train[torch.tensor(indices[i])]] + ([blank] if b < blocks - 1 else [])
+    return torch.stack(tiles), blocks * (k + 1) + blocks - 1
+
+
 def spread(rows: list[dict]) -> dict:
     """Mean, sample standard deviation (0 for one seed), min and max of every figure over the seeds."""
     out = {}
@@ -116,8 +129,10 @@ def main(argv=None) -> dict:
         model_rows.append({"seed": seed, **model_figures(workdir, seed, args, folder)})
     first = np.load(model_rows[0]["samples"])["samples"][:100]
     save_grid(out.parent / f"{out.name}_grid.png", torch.from_numpy(first).permute(0, 3, 1, 2).float() / 255.0, nrow=10)
-    shutil.copy(model_rows[0]["nn_png"], out.parent / f"{out.name}_nn.png")
     train, test = load_split(config.data, "train").images, load_split(config.data, "test").images
+    indices = json.loads((files / f"seed{args.seeds[0]}" / "eval.json").read_text())["metrics"]["nn"]["neighbour_indices"]
+    tiles, per_line = neighbour_tiles(torch.from_numpy(first).permute(0, 3, 1, 2), train, indices)
+    save_grid(out.parent / f"{out.name}_nn.png", tiles.float() / 255.0, nrow=per_line)
     rows = {"model": {"per_seed": model_rows}}
     for k in args.gmm:
         per_seed = []

@@ -5,6 +5,7 @@ import json
 import pathlib
 
 import pytest
+import torch
 from PIL import Image
 
 from ncsn.config import load_config
@@ -431,9 +432,23 @@ def test_showcase_scores_the_model_by_ncsn_eval_beside_mixtures_and_real_images_
     assert real["spread"]["cscore"]["min"] > model["spread"]["cscore"]["max"]
     side = (10 * (8 + 2) + 2) * auto_scale(8)  # 2-pixel padding, then enlarged
     assert Image.open(out.parent / "show_grid.png").size == (side, side)
-    assert Image.open(out.parent / "show_nn.png").size[0] > 0
+    # 24 samples with 5 neighbours each: 3 columns of 8 lines, a white tile between columns
+    assert Image.open(out.parent / "show_nn.png").size == ((20 * 10 + 2) * auto_scale(8), (8 * 10 + 2) * auto_scale(8))
     table = out.with_suffix(".md").read_text().splitlines()
     assert len(table) == 2 + 3 and table[2].startswith("| model | ")
+
+
+def test_showcase_neighbour_figure_puts_each_sample_before_its_own_neighbours(bench):
+    import showcase
+
+    samples = torch.arange(6, dtype=torch.uint8).view(6, 1, 1, 1).expand(6, 1, 2, 2) * 10
+    train = 100 + torch.arange(50, dtype=torch.uint8).view(50, 1, 1, 1).expand(50, 1, 2, 2)
+    indices = [[3 * i, 3 * i + 1] for i in range(6)]
+    tiles, per_line = showcase.neighbour_tiles(samples, train, indices, rows=3, blocks=2)
+    assert per_line == 2 * 3 + 1 and len(tiles) == 3 * per_line
+    first = [int(t[0, 0, 0]) for t in tiles[:per_line]]  # line 0: sample 0 and its neighbours, blank, sample 3 ...
+    assert first == [0, 100, 101, 255, 30, 109, 110]
+    assert [int(t[0, 0, 0]) for t in tiles[per_line:2 * per_line]] == [10, 103, 104, 255, 40, 112, 113]
 
 
 def test_showcase_refuses_bad_options(bench, capsys):
