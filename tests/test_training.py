@@ -56,9 +56,28 @@ def test_tiny_run_writes_its_files(tmp_path):
 
 SCORE_SDE = ["model.arch=ncsnv2", "training.objective=ve", "training.likelihood_weighting=true",
              "training.grad_clip=1.0", "training.ema_warmup=true"]  # on top of the schedule's warm-up
+# NCSN++ with dropout: the masks come from torch's global generator, which training seeds per step
+NCSNPP_DROPOUT = ["model.arch=ncsnpp", "model.ngf=8", "model.ncsnpp.ch_mult=[1,2]", "model.ncsnpp.num_res_blocks=1",
+                  "model.ncsnpp.attn_resolutions=[4]", "model.ncsnpp.dropout=0.3", "training.objective=ve"]
 
 
-@pytest.mark.parametrize("recipe", [[], SCORE_SDE], ids=["ladder", "score_sde"])
+def test_dropout_masks_are_seeded_so_two_runs_match_and_the_callers_random_state_is_kept(tmp_path):
+    config = load_config("digits", TINY + NCSNPP_DROPOUT + ["training.n_iters=6"])
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    train(config, tmp_path / "a", device="cpu", progress=False)
+    assert torch.equal(torch.get_rng_state(), before)  # training neither used nor moved the caller's generator
+    torch.manual_seed(999)  # a different global state must not change the run
+    train(config, tmp_path / "b", device="cpu", progress=False)
+    a, b = final_state(tmp_path / "a"), final_state(tmp_path / "b")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    no_dropout = load_config("digits", TINY + NCSNPP_DROPOUT + ["training.n_iters=6", "model.ncsnpp.dropout=0.0"])
+    train(no_dropout, tmp_path / "c", device="cpu", progress=False)
+    c = final_state(tmp_path / "c")
+    assert not all(torch.equal(a["model"][k], c["model"][k]) for k in a["model"])  # the masks did act
+
+
+@pytest.mark.parametrize("recipe", [[], SCORE_SDE, NCSNPP_DROPOUT], ids=["ladder", "score_sde", "ncsnpp_dropout"])
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, recipe):
     args = ["train", "--config", "digits", "--device", "cpu", "--no-progress"]
     schedule = ["training.lr_schedule=cosine", "training.lr_warmup=10"]  # the rate is a function of the step

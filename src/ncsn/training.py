@@ -8,6 +8,7 @@ global batch.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,9 +52,24 @@ class TrainResult:
     checkpoint: Path | None
 
 
+def _stream_seed(seed: int, stream: int, index: int) -> int:
+    return (seed * 1_000_003 + stream * 7_919 + index * 104_729) % 2**63
+
+
 def _seeded(seed: int, stream: int, index: int, device) -> torch.Generator:
     """A generator for (seed, stream, index): independent streams for batch order and per-step noise."""
-    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + stream * 7_919 + index * 104_729) % 2**63)
+    return torch.Generator(device=device).manual_seed(_stream_seed(seed, stream, index))
+
+
+@contextlib.contextmanager
+def _seeded_global_rng(seed: int, step: int, info):
+    """Dropout draws from torch's global generator: seed it per (step, rank) for the step, so a run with dropout is
+    reproducible and a resumed one continues exactly; the caller's random state is restored afterwards."""
+    cuda = info.device.type == "cuda"
+    devices = [info.device.index if info.device.index is not None else torch.cuda.current_device()] if cuda else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(_stream_seed(seed, 4, step * info.world_size + info.rank))
+        yield
 
 
 class EpochBatches:
@@ -293,7 +309,8 @@ def _loop(config: RunConfig, workdir: Path, info, runtime: RuntimeOptions, progr
             gen = _seeded(t.seed, 3, step, info.device)
             x, sigma, noise = local_batch(train_images, batches.indices(step), local, gen, config, objective)
             set_lr(optimizer, t, step)  # from the config, so a resume with a changed rate takes it at once
-            loss = train_step(net, model, optimizer, x, sigma, noise, objective, t, ema, runtime)
+            with _seeded_global_rng(t.seed, step, info):
+                loss = train_step(net, model, optimizer, x, sigma, noise, objective, t, ema, runtime)
             loss_sum += loss
             nonfinite |= ~torch.isfinite(loss)
             loss_steps += 1
