@@ -127,11 +127,11 @@ def main(argv=None) -> dict:
         folder = files / f"seed{seed}"
         folder.mkdir(parents=True, exist_ok=True)
         model_rows.append({"seed": seed, **model_figures(workdir, seed, args, folder)})
-    first = np.load(model_rows[0]["samples"])["samples"][:100]
-    save_grid(out.parent / f"{out.name}_grid.png", torch.from_numpy(first).permute(0, 3, 1, 2).float() / 255.0, nrow=10)
+    first = torch.from_numpy(np.load(model_rows[0]["samples"])["samples"][:100]).permute(0, 3, 1, 2)  # uint8 NCHW
+    save_grid(out.parent / f"{out.name}_grid.png", first.float() / 255.0, nrow=10)
     train, test = load_split(config.data, "train").images, load_split(config.data, "test").images
     indices = json.loads((files / f"seed{args.seeds[0]}" / "eval.json").read_text())["metrics"]["nn"]["neighbour_indices"]
-    tiles, per_line = neighbour_tiles(torch.from_numpy(first).permute(0, 3, 1, 2), train, indices)
+    tiles, per_line = neighbour_tiles(first, train, indices)
     save_grid(out.parent / f"{out.name}_nn.png", tiles.float() / 255.0, nrow=per_line)
     rows = {"model": {"per_seed": model_rows}}
     for k in args.gmm:
